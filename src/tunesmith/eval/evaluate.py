@@ -1,0 +1,64 @@
+"""Evaluation stage: the same held-out prompts through a model -> loss, perplexity and task metrics."""
+from __future__ import annotations
+
+import time
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..config import Recipe
+from ..data.example import Example
+from ..data.tokenize import Tokenized
+from ..train.loop import evaluate_loss
+from ..train.progress import console
+from . import metrics
+from .generate import generate
+
+
+def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokenized], recipe: Recipe,
+                   labels: list[str] | None, objective, *, title: str) -> dict:
+    """Loss/perplexity on ``seqs`` and generation metrics on ``examples`` (greedy, batched)."""
+    loss = evaluate_loss(model, seqs, objective, batch_size=recipe.train.batch_size,
+                         pad_id=tokenizer.pad_token_id, device=next(model.parameters()).device) \
+        if seqs else {}
+    result: dict = {"loss": loss, "metrics": {}, "predictions": []}
+    chat = [ex for ex in examples if ex.messages and ex.reference is not None]
+    if not chat:
+        return result
+    prompts = [ex.prompt_messages for ex in chat]
+    refs = [ex.reference for ex in chat]
+    t0 = time.perf_counter()
+    with Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
+        task = bar.add_task(title, total=len(prompts))
+        preds = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens,
+                         batch_size=recipe.eval.batch_size,
+                         progress=lambda n: bar.update(task, completed=n))
+    wall = time.perf_counter() - t0
+    result["metrics"] = metrics.compute(recipe.metrics(), preds, refs, labels)
+    result["label_details"] = metrics.details(preds, refs, labels)
+    result["generation"] = {"wall_s": wall, "per_example_s": wall / len(prompts)}
+    result["predictions"] = [{"prompt": ex.prompt_messages, "reference": r, "prediction": p}
+                             for ex, r, p in zip(chat, refs, preds)]
+    return result
+
+
+def compare(base: dict | None, tuned: dict, recipe: Recipe, labels: list[str] | None) -> dict:
+    """Flips and differing examples between base and tuned predictions on the same prompts."""
+    if not base or not base.get("predictions"):
+        return {"flips": None, "examples": []}
+    headline = recipe.metrics()[0]
+    flips = {"base_wrong_tuned_right": 0, "base_right_tuned_wrong": 0}
+    differing = []
+    for b, t in zip(base["predictions"], tuned["predictions"]):
+        bc = metrics.per_example_correct(headline, b["prediction"], b["reference"], labels)
+        tc = metrics.per_example_correct(headline, t["prediction"], t["reference"], labels)
+        if bc != tc:
+            flips["base_wrong_tuned_right" if tc else "base_right_tuned_wrong"] += 1
+        if b["prediction"] != t["prediction"]:
+            prompt = b["prompt"][-1]["content"] if b["prompt"] else ""
+            differing.append({"prompt": prompt, "reference": b["reference"], "base": b["prediction"],
+                              "tuned": t["prediction"], "base_correct": bc, "tuned_correct": tc})
+    # show fixed examples first, then regressions, then other differences
+    differing.sort(key=lambda e: (not (e["tuned_correct"] and not e["base_correct"]),
+                                  not (e["base_correct"] and not e["tuned_correct"])))
+    return {"flips": flips, "examples": differing[: recipe.eval.report_examples]}

@@ -1,0 +1,368 @@
+"""The run report: base-vs-tuned metrics, loss curve, confusion matrices and examples (MD + HTML)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+
+from ..fsutil import atomic_write_bytes, atomic_write_text
+from .metrics import LOWER_IS_BETTER, UNPARSED
+
+_LOSS_ROWS = (("val_loss", "Validation loss"), ("perplexity", "Perplexity"))
+_METRIC_TITLES = {
+    "exact_match": "Exact match", "accuracy": "Accuracy", "macro_precision": "Macro precision",
+    "macro_recall": "Macro recall", "macro_f1": "Macro F1", "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
+}
+_FRACTIONS = frozenset({"exact_match", "accuracy", "macro_precision", "macro_recall", "macro_f1"})
+_DASH = "—"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1000px;
+margin:2em auto;padding:0 1em;color:#1f2328;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}
+.meta{color:#57606a}table{border-collapse:collapse;margin:.6em 0}
+th,td{border:1px solid #d0d7de;padding:.3em .7em;text-align:right}
+th:first-child,td:first-child{text-align:left}thead th{background:#f6f8fa}
+.better{color:#1a7f37;font-weight:600}.worse{color:#cf222e;font-weight:600}
+.diag{background:#dafbe1}.ex{border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em;margin:1em 0}
+pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.5em;border-radius:4px;
+margin:.2em 0 .6em}.ok{color:#1a7f37}.bad{color:#cf222e}img{max-width:100%}
+"""
+
+
+# ----------------------------------------------------------------------------- loss curve
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of an interrupted run
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def loss_plot_png(metrics_jsonl_path: str | Path) -> bytes | None:
+    """PNG of training loss and validation loss by step from ``metrics.jsonl``; None if no records.
+
+    Reads records ``{"type": "train", "step", "loss"}`` and ``{"type": "eval", "step", "val_loss"}``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(metrics_jsonl_path)
+    if not path.is_file():
+        return None
+    train, val = [], []
+    for rec in _read_jsonl(path):
+        if rec.get("type") == "train" and _is_number(rec.get("loss")) and "step" in rec:
+            train.append((rec["step"], rec["loss"]))
+        elif rec.get("type") == "eval" and _is_number(rec.get("val_loss")) and "step" in rec:
+            val.append((rec["step"], rec["val_loss"]))
+    if not train and not val:
+        return None
+
+    fig = Figure(figsize=(7, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#0969da", linewidth=1.2, alpha=0.85)
+    if val:
+        ax.plot(*zip(*val), label="validation loss", color="#cf222e", marker="o", markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _fmt(metric: str, value) -> str:
+    if not _is_number(value):
+        return _DASH
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if metric in _FRACTIONS:
+        return f"{100 * value:.1f}%"
+    return f"{value:.4f}" if metric == "val_loss" else f"{value:.2f}"
+
+
+def _delta(metric: str, base, tuned) -> tuple[str, str]:
+    """Signed change with an arrow, and ``better``/``worse``/``""`` for colouring."""
+    if not (_is_number(base) and _is_number(tuned)):
+        return _DASH, ""
+    d = tuned - base
+    if not math.isfinite(d):
+        return "n/a", ""
+    if d == 0:
+        return "±0", ""
+    arrow = "▲" if d > 0 else "▼"
+    if metric in _FRACTIONS:
+        text = f"{arrow} {100 * d:+.1f} pp"
+    else:
+        text = f"{arrow} {d:+.4f}" if metric == "val_loss" else f"{arrow} {d:+.2f}"
+    better = (d < 0) if metric in LOWER_IS_BETTER else (d > 0)
+    return text, "better" if better else "worse"
+
+
+def _comparison_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
+    """(title, base, tuned, delta, css class) for losses then generation metrics."""
+    loss = results.get("loss") or {}
+    metrics = results.get("metrics") or {}
+    values = {side: {**(metrics.get(side) or {}), **(loss.get(side) or {})}
+              for side in ("base", "tuned")}
+    titles = {**dict(_LOSS_ROWS), **_METRIC_TITLES}
+    present = {**values["tuned"], **values["base"]}
+    # Known rows in their fixed order (losses first), then any other metric as reported.
+    names = [k for k in titles if k in present] + [k for k in present if k not in titles]
+    rows = []
+    for name in names:
+        base, tuned = values["base"].get(name), values["tuned"].get(name)
+        delta, cls = _delta(name, base, tuned)
+        rows.append((titles.get(name, name), _fmt(name, base), _fmt(name, tuned), delta, cls))
+    return rows
+
+
+def _duration(seconds) -> str:
+    if not _is_number(seconds):
+        return _DASH
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def _training_items(results: dict) -> list[tuple[str, str]]:
+    t = results.get("training") or {}
+    c = results.get("counts") or {}
+
+    def num(x, fmt="{:,}"):
+        return fmt.format(x) if _is_number(x) else _DASH
+
+    early = t.get("early_stopped")
+    return [
+        ("Examples (train / validation / test)",
+         f"{num(c.get('train'))} / {num(c.get('validation'))} / {num(c.get('test'))}"),
+        ("Evaluated test examples", num(c.get("evaluated"))),
+        ("Optimizer steps", num(t.get("steps"))),
+        ("Best step", num(t.get("best_step"))),
+        ("Early stopped", _DASH if early is None else ("yes" if early else "no")),
+        ("Trained tokens", num(t.get("train_tokens"))),
+        ("Throughput", num(t.get("tokens_per_s"), "{:,.0f} tokens/s")),
+        ("Wall time", _duration(t.get("wall_s"))),
+    ]
+
+
+def _artifact_items(results: dict) -> list[tuple[str, str]]:
+    a = results.get("artifacts") or {}
+    return [("Adapter", a.get("adapter") or "not exported"),
+            ("Merged model", a.get("merged") or "not exported")]
+
+
+def _flip_items(results: dict) -> list[tuple[str, int | str]]:
+    f = results.get("flips") or {}
+    return [("Base wrong → tuned right", f.get("base_wrong_tuned_right", _DASH)),
+            ("Base right → tuned wrong", f.get("base_right_tuned_wrong", _DASH))]
+
+
+def _date(results: dict) -> str:
+    return str(results.get("date") or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
+
+
+def _header_items(results: dict) -> list[tuple[str, str]]:
+    return [(k.capitalize(), str(results.get(k, _DASH))) for k in ("model", "method", "task")] \
+        + [("Date", _date(results))]
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def _md_cell(text) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
+             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _md_block(text) -> str:
+    """A fenced block that the text cannot close early."""
+    text = str(text)
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _md_confusion(side: str, d: dict) -> str:
+    labels = d["labels"]
+    rows = [[label, *counts] for label, counts in zip(labels, d["confusion"])]
+    per_label = [[label, f"{100 * s['precision']:.1f}%", f"{100 * s['recall']:.1f}%",
+                  f"{100 * s['f1']:.1f}%", s["support"]] for label, s in d["per_label"].items()]
+    return "\n\n".join([
+        f"### {side.capitalize()} model",
+        _md_table(["reference \\ predicted", *labels, UNPARSED], rows),
+        _md_table(["label", "precision", "recall", "F1", "support"], per_label)])
+
+
+def _markdown(results: dict, has_plot: bool) -> str:
+    mark = {True: "✓", False: "✗"}
+    out = [f"# Tunesmith report: {results.get('name', 'run')}", "",
+           "  \n".join(f"**{k}:** {v}" for k, v in _header_items(results)), "",
+           "## Base vs tuned", "",
+           _md_table(["metric", "base", "tuned", "delta"], [r[:4] for r in _comparison_rows(results)]),
+           ""]
+    if has_plot:
+        out += ["## Loss curve", "", "![Training and validation loss](loss.png)", ""]
+    label_details = results.get("label_details") or {}
+    if label_details:
+        out += ["## Confusion matrices", "", "Rows are the reference label, columns the label the "
+                "answer gave (`unparsed`: no label found).", ""]
+        out += [_md_confusion(side, label_details[side]) + "\n"
+                for side in ("base", "tuned") if label_details.get(side)]
+    out += ["## Answers that changed", "", _md_table(["", "count"], _flip_items(results)), ""]
+    examples = results.get("examples") or []
+    for i, ex in enumerate(examples, 1):
+        out += [f"### Example {i}", "", "**Prompt**", "", _md_block(ex.get("prompt", "")), "",
+                "**Reference**", "", _md_block(ex.get("reference", "")), "",
+                f"**Base** {mark.get(ex.get('base_correct'), '')}", "", _md_block(ex.get("base", "")), "",
+                f"**Tuned** {mark.get(ex.get('tuned_correct'), '')}", "",
+                _md_block(ex.get("tuned", "")), ""]
+    if not examples:
+        out += ["No examples where the base and tuned answers differ in correctness.", ""]
+    out += ["## Training", "", _md_table(["", ""], _training_items(results)), "",
+            "## Artifacts", "", _md_table(["", "path"], _artifact_items(results)), ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _html_kv(items) -> str:
+    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) \
+        + "</table>"
+
+
+def _html_confusion(side: str, d: dict) -> str:
+    labels = d["labels"]
+    head = "".join(f"<th>{_e(x)}</th>" for x in [*labels, UNPARSED])
+    body = []
+    for i, (label, counts) in enumerate(zip(labels, d["confusion"])):
+        cells = "".join(f'<td class="diag">{c}</td>' if j == i else f"<td>{c}</td>"
+                        for j, c in enumerate(counts))
+        body.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
+    per_label = "".join(
+        f"<tr><th>{_e(label)}</th><td>{100 * s['precision']:.1f}%</td>"
+        f"<td>{100 * s['recall']:.1f}%</td><td>{100 * s['f1']:.1f}%</td><td>{s['support']}</td></tr>"
+        for label, s in d["per_label"].items())
+    return (f"<h3>{_e(side.capitalize())} model</h3>"
+            f"<table><thead><tr><th>reference \\ predicted</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+            "<table><thead><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr></thead><tbody>{per_label}</tbody></table>")
+
+
+def _html_example(i: int, ex: dict) -> str:
+    def verdict(ok) -> str:
+        if ok is None:
+            return ""
+        return '<span class="ok">✓ correct</span>' if ok else '<span class="bad">✗ wrong</span>'
+
+    return (f'<div class="ex"><h3>Example {i}</h3>'
+            f"<b>Prompt</b><pre>{_e(ex.get('prompt', ''))}</pre>"
+            f"<b>Reference</b><pre>{_e(ex.get('reference', ''))}</pre>"
+            f"<b>Base</b> {verdict(ex.get('base_correct'))}<pre>{_e(ex.get('base', ''))}</pre>"
+            f"<b>Tuned</b> {verdict(ex.get('tuned_correct'))}<pre>{_e(ex.get('tuned', ''))}</pre>"
+            "</div>")
+
+
+def _html(results: dict, png: bytes | None) -> str:
+    name = results.get("name", "run")
+    rows = "".join(
+        f"<tr><th>{_e(title)}</th><td>{_e(base)}</td><td>{_e(tuned)}</td>"
+        f'<td class="{cls or "same"}">{_e(delta)}</td></tr>'
+        for title, base, tuned, delta, cls in _comparison_rows(results))
+    parts = [
+        f"<h1>Tunesmith report: {_e(name)}</h1>",
+        '<p class="meta">' + " · ".join(f"<b>{_e(k)}:</b> {_e(v)}" for k, v in _header_items(results))
+        + "</p>",
+        "<h2>Base vs tuned</h2>",
+        "<table><thead><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>",
+    ]
+    if png:
+        data = base64.b64encode(png).decode("ascii")
+        parts += ["<h2>Loss curve</h2>",
+                  f'<img alt="Training and validation loss" src="data:image/png;base64,{data}">']
+    label_details = results.get("label_details") or {}
+    if label_details:
+        parts += ["<h2>Confusion matrices</h2>",
+                  "<p>Rows are the reference label, columns the label the answer gave "
+                  f"(<code>{UNPARSED}</code>: no label found).</p>"]
+        parts += [_html_confusion(side, label_details[side])
+                  for side in ("base", "tuned") if label_details.get(side)]
+    parts += ["<h2>Answers that changed</h2>", _html_kv(_flip_items(results))]
+    examples = results.get("examples") or []
+    parts += [_html_example(i, ex) for i, ex in enumerate(examples, 1)] or [
+        "<p>No examples where the base and tuned answers differ in correctness.</p>"]
+    parts += ["<h2>Training</h2>", _html_kv(_training_items(results)),
+              "<h2>Artifacts</h2>", _html_kv(_artifact_items(results))]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Tunesmith report: {_e(name)}</title><style>{_CSS}</style></head>\n"
+            "<body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def write_reports(run_dir: str | Path, results: dict) -> tuple[Path, Path]:
+    """Write ``report.md``, a self-contained ``report.html`` and ``loss.png`` into ``run_dir``.
+
+    The loss curve is read from ``run_dir/metrics.jsonl``. ``results`` has this shape (any
+    section may be missing; ``metrics["base"]`` and ``loss["base"]`` are absent when the base
+    model was not evaluated)::
+
+        {"name": str, "model": str, "method": str, "task": str, "date": str (optional),
+         "metrics": {"base": {metric: float}, "tuned": {metric: float}},
+         "loss": {"base": {"val_loss": float, "perplexity": float}, "tuned": {...}},
+         "label_details": {"base": details, "tuned": details} | None,
+             # details = metrics.details(...): {"labels", "confusion", "per_label", ...}
+         "examples": [{"prompt": str, "reference": str, "base": str, "tuned": str,
+                       "base_correct": bool, "tuned_correct": bool}],
+         "counts": {"train": int, "validation": int, "test": int, "evaluated": int},
+         "training": {"steps": int, "train_tokens": int, "tokens_per_s": float,
+                      "wall_s": float, "best_step": int, "early_stopped": bool},
+         "artifacts": {"adapter": str | None, "merged": str | None},
+         "flips": {"base_wrong_tuned_right": int, "base_right_tuned_wrong": int}}
+
+    Returns ``(report.md path, report.html path)``. Each file is written atomically.
+    """
+    run_dir = Path(run_dir)
+    png = loss_plot_png(run_dir / "metrics.jsonl")
+    if png:
+        atomic_write_bytes(run_dir / "loss.png", png)
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    atomic_write_text(md_path, _markdown(results, has_plot=png is not None))
+    atomic_write_text(html_path, _html(results, png))
+    return md_path, html_path

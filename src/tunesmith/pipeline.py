@@ -1,0 +1,279 @@
+"""The stages as functions over a self-describing run directory: prepare, train, evaluate, export, run."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from . import methods, models, objectives
+from .config import Recipe, dump_recipe, load_recipe
+from .data.prepare import build_splits, load_splits, save_splits
+from .data.tokenize import pack, tokenize_all
+from .errors import TunesmithError
+from .fsutil import atomic_write_json, atomic_write_text, new_run_dir
+from .train.progress import console
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    from . import __version__
+    return {"tunesmith": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version(), "machine": platform.machine()}
+
+
+def _device(recipe: Recipe) -> str:
+    import torch
+    if recipe.train.device != "auto":
+        return recipe.train.device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Run:
+    """A run directory: resolved recipe, data, metrics, checkpoints, eval, report, export."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not (self.path / "recipe.yaml").is_file():
+            raise TunesmithError("not a tunesmith run directory (no recipe.yaml)", file=str(path))
+        self.recipe = load_recipe(self.path / "recipe.yaml")
+
+    @classmethod
+    def create(cls, recipe: Recipe) -> "Run":
+        path = new_run_dir(recipe.output_dir, recipe.name)
+        atomic_write_text(path / "recipe.yaml", dump_recipe(recipe))
+        atomic_write_json(path / "run.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "versions": _versions(), "stages": {}})
+        return cls(path)
+
+    def info(self) -> dict:
+        return json.loads((self.path / "run.json").read_text())
+
+    def mark(self, stage: str, **fields) -> None:
+        info = self.info()
+        info["stages"][stage] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+        atomic_write_json(self.path / "run.json", info)
+
+    def load_json(self, rel: str) -> dict | None:
+        p = self.path / rel
+        return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _as_run(target: str | Path | Run) -> Run:
+    return target if isinstance(target, Run) else Run(Path(target))
+
+
+def _recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | None) -> Recipe:
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+
+
+# ---- stages -------------------------------------------------------------------------------------
+
+def validate(path: str, recipe: str | Path | dict | Recipe | None = None, overrides: list[str] | None = None,
+             out: str | Path | None = None, with_tokens: bool = True) -> dict:
+    """Validate a data file over its whole length; returns (and optionally saves) the report."""
+    from .config import DataConfig
+    from .data.validate import save_report, validate as _validate
+    cfg = _recipe(recipe, overrides) if recipe is not None else None
+    data_cfg = cfg.data.model_copy(update={"train": path}) if cfg else DataConfig(train=path)
+    tok = None
+    if with_tokens:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(models.resolve(cfg.model.name if cfg else "smollm2-135m-instruct"))
+    report = _validate(data_cfg, path, tok)
+    if out:
+        save_report(report, Path(out))
+    return report
+
+
+def prepare(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None) -> Run:
+    """Create a run directory and write its preprocessed, split data with a manifest."""
+    recipe = _recipe(recipe, overrides)
+    models.resolve(recipe.model.name)     # fail early on an unknown model
+    splits, manifest = build_splits(recipe)
+    run = Run.create(recipe)
+    save_splits(run.path / "data", splits, manifest)
+    run.mark("prepare", counts=manifest["counts"])
+    console.print(f"prepared data: {manifest['counts']}  ->  {run.path / 'data'}")
+    return run
+
+
+class _Session:
+    """What the later stages share in one process: tokenizer, splits, tokenised sequences."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        r = run.recipe
+        self.device = _device(r)
+        self.splits, self.manifest = load_splits(run.path / "data")
+        self.labels = self.manifest.get("labels")
+        self.method = methods.get(r.method.name)
+        self.objective = objectives.get("sft")
+        self.base_model, self.tokenizer = models.load(r.model.name, device=self.device,
+                                                      trust_remote_code=r.model.trust_remote_code)
+        self.seqs = {}
+        self.token_stats = {}
+        for name, exs in self.splits.items():
+            self.seqs[name], self.token_stats[name] = tokenize_all(exs, self.tokenizer, r.data.max_length)
+        if r.data.packing:
+            self.seqs["train"] = pack(self.seqs["train"], r.data.max_length, seed=r.train.seed)
+        if not self.seqs["train"]:
+            raise TunesmithError("no training example has trainable tokens within data.max_length",
+                                 field="data.max_length")
+
+    def eval_examples(self):
+        n = self.run.recipe.eval.max_examples
+        exs, seqs = self.splits["test"], self.seqs["test"]
+        return (exs[:n], seqs[:n]) if n else (exs, seqs)
+
+
+def _evaluate(session: _Session, model, title: str) -> dict:
+    from .eval.evaluate import evaluate_model
+    exs, seqs = session.eval_examples()
+    return evaluate_model(model, session.tokenizer, exs, seqs, session.run.recipe, session.labels,
+                          session.objective, title=title)
+
+
+def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None, *, resume: bool = False,
+          session: _Session | None = None, stop_after: int | None = None):
+    """Train on a prepared run (or prepare one from a recipe first); saves ``model/``."""
+    from .export import save_tuned
+    from .train.loop import train as loop_train
+    run = prepare(target, overrides) if isinstance(target, (Recipe, dict)) or str(target).endswith(
+        (".yaml", ".yml")) else _as_run(target)
+    session = session or _Session(run)
+    r = run.recipe
+    if resume and not (run.path / "checkpoints").is_dir():
+        raise TunesmithError("nothing to resume: the run has no checkpoints", file=str(run.path))
+    if not resume and (run.path / "model").exists():
+        raise TunesmithError("run already trained; start a new run or use --resume", file=str(run.path))
+    from .methods.base import count_trainable
+    model = session.method.apply(session.base_model, r.method)
+    trainable, total = count_trainable(model)
+    console.print(f"method {r.method.name}: {trainable:,} of {total:,} parameters trainable "
+                  f"({100 * trainable / total:.2f}%) on {session.device}")
+    result = loop_train(model, session.seqs["train"], session.seqs["validation"], session.objective, r.train,
+                        run.path, pad_id=session.tokenizer.pad_token_id, resume=resume, stop_after=stop_after)
+    info = {**result.__dict__, "trainable_parameters": trainable, "total_parameters": total,
+            "tokens": session.token_stats}
+    atomic_write_json(run.path / "train.json", info)
+    session.tuned_model = model
+    if stop_after is not None and result.steps < _planned_steps(session):
+        return run, result
+    save_tuned(session.method, model, session.tokenizer, run.path / "model")
+    run.mark("train", steps=result.steps, wall_s=result.wall_s)
+    return run, result
+
+
+def _planned_steps(session: _Session) -> int:
+    from .train.loop import plan_micro_batches
+    import math
+    cfg = session.run.recipe.train
+    return math.ceil(len(plan_micro_batches(len(session.seqs["train"]), cfg, session.seqs["train"]))
+                     / cfg.grad_accum)
+
+
+def _load_tuned(session: _Session):
+    run = session.run
+    if not (run.path / "model").is_dir():
+        raise TunesmithError("run has no trained model; run `tunesmith train` first", file=str(run.path))
+    fresh, _ = models.load(run.recipe.model.name, device=session.device)
+    return session.method.load(fresh, run.path / "model", run.recipe.method)
+
+
+def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_result: dict | None = None,
+             tuned_model=None) -> dict:
+    """Evaluate base and tuned models on the test split; writes eval/*.json and the reports."""
+    from .eval.evaluate import compare
+    from .eval.report import write_reports
+    run = _as_run(target)
+    session = session or _Session(run)
+    r = run.recipe
+    if base_result is None and r.eval.compare_base:
+        base_result = run.load_json("eval/base.json") or _evaluate(session, session.base_model, "eval base")
+    tuned_model = tuned_model or getattr(session, "tuned_model", None) or _load_tuned(session)
+    tuned_result = _evaluate(session, tuned_model, "eval tuned")
+    atomic_write_json(run.path / "eval" / "tuned.json", tuned_result)
+    if base_result:
+        atomic_write_json(run.path / "eval" / "base.json", base_result)
+    diff = compare(base_result, tuned_result, r, session.labels)
+    summary = {"base": _headline(base_result), "tuned": _headline(tuned_result), **diff}
+    atomic_write_json(run.path / "eval" / "summary.json", summary)
+    training = run.load_json("train.json") or {}
+    results = {
+        "name": r.name, "model": r.model.name, "method": r.method.name, "task": r.task,
+        "metrics": {k: v["metrics"] for k, v in (("base", base_result), ("tuned", tuned_result)) if v},
+        "loss": {k: v["loss"] for k, v in (("base", base_result), ("tuned", tuned_result)) if v},
+        "label_details": {k: v.get("label_details") for k, v in (("base", base_result), ("tuned", tuned_result))
+                          if v and v.get("label_details")} or None,
+        "examples": diff["examples"], "flips": diff["flips"],
+        "counts": {**session.manifest["counts"], "evaluated": len(tuned_result["predictions"])},
+        "training": {"steps": training.get("steps"), "train_tokens": training.get("tokens"),
+                     "tokens_per_s": training.get("tokens_per_s"), "wall_s": training.get("wall_s"),
+                     "best_step": training.get("best_step"), "early_stopped": training.get("early_stopped"),
+                     "trainable_parameters": training.get("trainable_parameters")},
+        "artifacts": (run.load_json("export/export.json") or {}),
+    }
+    atomic_write_json(run.path / "eval" / "report_data.json", results)
+    write_reports(run.path, results)
+    run.mark("eval", tuned=summary["tuned"]["metrics"])
+    return summary
+
+
+def _headline(result: dict | None) -> dict | None:
+    if not result:
+        return None
+    return {"metrics": result["metrics"], "loss": result["loss"]}
+
+
+def export(target: str | Path | Run, *, session: _Session | None = None, tuned_model=None) -> dict:
+    """Export the adapter and the merged model, with the parity check; re-renders the report."""
+    from .export import export as _export
+    run = _as_run(target)
+    session = session or _Session(run)
+    r = run.recipe
+    model = tuned_model or getattr(session, "tuned_model", None) or _load_tuned(session)
+    summary = run.load_json("eval/summary.json") or {}
+    prompts = [ex.prompt_messages for ex in session.splits["test"] if ex.messages][: r.export.parity_prompts] \
+        if r.export.check_parity else None
+    result = _export(session.method, model, session.tokenizer, r, run.path, session.manifest, summary, prompts)
+    atomic_write_json(run.path / "export" / "export.json", result)
+    session.tuned_model = None   # merged in place; reload from disk if needed again
+    data = run.load_json("eval/report_data.json")
+    if data:
+        from .eval.report import write_reports
+        data["artifacts"] = result
+        atomic_write_json(run.path / "eval" / "report_data.json", data)
+        write_reports(run.path, data)
+    run.mark("export", **{k: v for k, v in result.items() if k != "parity"})
+    return result
+
+
+def run(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, *,
+        resume_dir: str | Path | None = None) -> Path:
+    """validate -> prepare -> evaluate base -> train -> evaluate tuned -> export -> report."""
+    t0 = time.perf_counter()
+    if resume_dir:
+        the_run = _as_run(resume_dir)
+    else:
+        the_run = prepare(recipe, overrides)
+    session = _Session(the_run)
+    r = the_run.recipe
+    base_result = None
+    if r.eval.compare_base:
+        base_result = the_run.load_json("eval/base.json")
+        if base_result is None:
+            base_result = _evaluate(session, session.base_model, "eval base")
+            atomic_write_json(the_run.path / "eval" / "base.json", base_result)
+    train(the_run, resume=bool(resume_dir), session=session)
+    evaluate(the_run, session=session, base_result=base_result)
+    export(the_run, session=session)
+    the_run.mark("run", wall_s=time.perf_counter() - t0)
+    return the_run.path
