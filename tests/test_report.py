@@ -118,7 +118,7 @@ def test_html_confusion_flips_training_artifacts(written):
 def test_markdown(written):
     run_dir, md_path, _ = written
     md = md_path.read_text(encoding="utf-8")
-    assert md.startswith("# Tunesmith report: sentiment <demo>")
+    assert md.startswith("# Tunesmith report: sentiment \\<demo>")  # no raw HTML tag
     assert "| metric | base | tuned | delta |" in md
     assert "| Validation loss | 2.5000 | 1.2500 | ▼ -1.2500 |" in md
     assert "| Accuracy | 33.3% | 100.0% | ▲ +66.7 pp |" in md

@@ -44,5 +44,6 @@ def make_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
                          max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                         initializer_range=0.1)  # wide enough that a frozen head can express confident answers
     return LlamaForCausalLM(config).eval()

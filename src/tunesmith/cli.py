@@ -17,7 +17,8 @@ Overrides = typer.Argument(None, help="Recipe overrides as dotted key=value, e.g
 
 def _console():
     from rich.console import Console
-    return Console()
+    # soft wrap: long paths stay on one line (copy-pasteable); pipes get a wide page, not 80 columns
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 @app.command()
@@ -117,7 +118,7 @@ def list_models():
     from .models import catalogue, home
     t = Table(title=f"tunesmith models (cache: {home()})")
     for col in ("name", "parameters", "architecture", "license", "package", "installed", "cached"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for row in catalogue():
         t.add_row(row["name"], f"{row['parameters'] / 1e6:.1f}M", row["architecture"], row["license"],
                   row["package"], "yes" if row["installed"] else "no", "yes" if row["cached"] else "no")

@@ -11,7 +11,8 @@ class Example:
     Chat-like formats fill ``messages`` (OpenAI shape: ``{"role", "content"}`` and, on assistant
     turns only, an optional ``"weight"`` of 0 or 1 saying whether the turn is trained).
     Plain text (continued pretraining) fills ``text`` and leaves ``messages`` empty.
-    ``label`` holds the label name for labelled-text data; ``line`` is the 1-based line (JSONL)
+    ``label`` holds the label name for labelled-text data (whose raw input text is kept in
+    ``text`` too, beside the prompt built from it); ``line`` is the 1-based line (JSONL)
     (CSV counts the header as line 1) or row (Parquet) in ``source``.
     """
 

@@ -191,7 +191,9 @@ def to_example(record: Any, fmt: str, cfg: DataConfig, source: str, line: int, *
                              field="data.format")
     if cfg.system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-    return Example(messages=messages, label=label, source=source, line=line)
+    # labelled examples keep their raw text so cleaning can rebuild the prompt from it
+    return Example(messages=messages, text=text if fmt == "labelled" else None, label=label,
+                   source=source, line=line)
 
 
 def _matches(record: Any, where: dict[str, str]) -> bool:

@@ -12,7 +12,7 @@ from ..fsutil import atomic_write_json, atomic_write_text, sha256_file
 from .clean import clean_example
 from .dedup import exact_duplicates, near_duplicates
 from .example import Example
-from .formats import label_set, load_examples_strict
+from .formats import label_set, labelled_prompt, load_examples_strict
 from .io import resolve_path
 from .pii import anonymize_example
 from .split import leakage, split_examples
@@ -20,7 +20,7 @@ from .split import leakage, split_examples
 SPLITS = ("train", "validation", "test")
 
 
-def _clean(examples: list[Example], recipe: Recipe, stats: dict) -> list[Example]:
+def _clean(examples: list[Example], recipe: Recipe, stats: dict, labels: list[str] | None) -> list[Example]:
     c = recipe.data.clean
     out, empty, pii = [], 0, Counter()
     for ex in examples:
@@ -28,6 +28,12 @@ def _clean(examples: list[Example], recipe: Recipe, stats: dict) -> list[Example
         if c.anonymize_pii:
             ex, hits = anonymize_example(ex)
             pii.update(hits)
+        if ex.label is not None and ex.messages:       # labelled: rebuild the prompt from the cleaned text
+            if not (ex.text or "").strip():
+                empty += 1
+                continue
+            user = next(m for m in ex.messages if m["role"] == "user")
+            user["content"] = labelled_prompt(recipe.data, ex.text, labels or [])
         if not ex.full_text().strip() or any(not m["content"].strip() for m in ex.messages):
             empty += 1
             continue
@@ -68,7 +74,7 @@ def build_splits(recipe: Recipe) -> tuple[dict[str, list[Example]], dict]:
             raw[name] = load_examples_strict(d, spec, limit_seed=d.split.seed, label_names=labels)
             files[name] = spec
     stats["loaded"] = {k: len(v) for k, v in raw.items()}
-    cleaned = {k: _clean(v, recipe, stats) for k, v in raw.items()}
+    cleaned = {k: _clean(v, recipe, stats, labels) for k, v in raw.items()}
     if "validation" in raw and "test" in raw:
         splits = {k: _dedup(v, recipe, stats) for k, v in cleaned.items()}
     else:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..config import Recipe
@@ -12,6 +14,26 @@ from ..train.loop import evaluate_loss
 from ..train.progress import console
 from . import metrics
 from .generate import generate
+
+
+@contextmanager
+def merged_for_inference(model):
+    """Fold a peft adapter into the base weights while generating (as fast as the base model),
+    then restore the exact original base weights."""
+    layers = [m for m in model.modules() if hasattr(m, "merge") and hasattr(m, "base_layer")] \
+        if callable(getattr(model, "merge_adapter", None)) else []
+    if not layers or any(getattr(m, "merged", False) for m in layers):
+        yield
+        return
+    saved = {id(m): m.base_layer.weight.detach().clone() for m in layers}
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+        with torch.no_grad():
+            for m in layers:
+                m.base_layer.weight.copy_(saved[id(m)])
 
 
 def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokenized], recipe: Recipe,
@@ -30,9 +52,10 @@ def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokeniz
     with Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
         task = bar.add_task(title, total=len(prompts))
-        preds = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens,
-                         batch_size=recipe.eval.batch_size,
-                         progress=lambda n: bar.update(task, completed=n))
+        with merged_for_inference(model):
+            preds = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens,
+                             batch_size=recipe.eval.batch_size,
+                             progress=lambda n: bar.update(task, completed=n))
     wall = time.perf_counter() - t0
     result["metrics"] = metrics.compute(recipe.metrics(), preds, refs, labels)
     result["label_details"] = metrics.details(preds, refs, labels)

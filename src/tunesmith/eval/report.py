@@ -194,12 +194,16 @@ def _header_items(results: dict) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------- markdown
 
 def _md_cell(text) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Inline Markdown text: no raw HTML, no table breaks, on one line."""
+    text = str(text).replace("\\", "\\\\").replace("<", "\\<").replace("|", "\\|")
+    return text.replace("\n", " ")
 
 
-def _md_table(header: list[str], rows: list[list]) -> str:
+def _md_table(header: list[str], rows: list[list], numeric: bool = True) -> str:
+    """A table; with ``numeric`` every column but the first is right-aligned."""
+    align = " ---: " if numeric else " --- "
     lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+             "|" + "|".join([" --- "] + [align] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -226,8 +230,8 @@ def _md_confusion(side: str, d: dict) -> str:
 
 def _markdown(results: dict, has_plot: bool) -> str:
     mark = {True: "✓", False: "✗"}
-    out = [f"# Tunesmith report: {results.get('name', 'run')}", "",
-           "  \n".join(f"**{k}:** {v}" for k, v in _header_items(results)), "",
+    out = [f"# Tunesmith report: {_md_cell(results.get('name', 'run'))}", "",
+           "  \n".join(f"**{k}:** {_md_cell(v)}" for k, v in _header_items(results)), "",
            "## Base vs tuned", "",
            _md_table(["metric", "base", "tuned", "delta"], [r[:4] for r in _comparison_rows(results)]),
            ""]
@@ -249,8 +253,8 @@ def _markdown(results: dict, has_plot: bool) -> str:
                 _md_block(ex.get("tuned", "")), ""]
     if not examples:
         out += ["No examples where the base and tuned answers differ in correctness.", ""]
-    out += ["## Training", "", _md_table(["", ""], _training_items(results)), "",
-            "## Artifacts", "", _md_table(["", "path"], _artifact_items(results)), ""]
+    out += ["## Training", "", _md_table(["", ""], _training_items(results), numeric=False), "",
+            "## Artifacts", "", _md_table(["", "path"], _artifact_items(results), numeric=False), ""]
     return "\n".join(out)
 
 

@@ -119,6 +119,7 @@ def train(model, train_seqs: list[Tokenized], val_seqs: list[Tokenized], objecti
                               num_training_steps=total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
 
