@@ -188,3 +188,40 @@ def test_output_dir_that_is_a_file(recipe_file, tmp_path, capsys):
     blocker.write_text("x")
     code, line = bad(capsys, ["run", str(recipe_file(output_dir=str(blocker / "runs")))])
     assert code == 2 and "not writable" in line
+
+
+def test_continued_pretraining_reports_domain_perplexity(recipe_file, tmp_path):
+    texts = tmp_path / "domain.jsonl"
+    texts.write_text("".join(json.dumps({"text": f"the quick brown fox {i} jumps over the lazy dog. " * 3}) + "\n"
+                             for i in range(40)))
+    recipe = recipe_file(task="pretraining",
+                         data={"train": str(texts), "format": "text", "packing": True, "max_length": 128,
+                               "labels": None},
+                         export={"check_parity": False})
+    assert main(["run", str(recipe)]) == 0
+    summary = json.loads((tmp_path / "runs" / "tiny-001" / "eval" / "summary.json").read_text())
+    base, tuned = summary["base"]["loss"]["perplexity"], summary["tuned"]["loss"]["perplexity"]
+    assert tuned < base * 0.5
+    assert summary["tuned"]["metrics"] == {}
+
+
+def test_multi_task_mixes_training_and_evaluates_each_task(recipe_file, tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"prompt": f"What is {i} plus zero?", "completion": f"{i}"}) + "\n"
+                          for i in range(40)))
+    recipe = recipe_file(task="sft", data={"task_name": "sentiment", "weight": 1.0,
+                                           "mix": [{"name": "arith", "weight": 3.0, "train": str(qa),
+                                                    "format": "prompt_completion"}]},
+                         eval={"metrics": ["exact_match"]})
+    assert main(["run", str(recipe)]) == 0
+    run = tmp_path / "runs" / "tiny-001"
+    manifest = json.loads((run / "data" / "manifest.json").read_text())
+    tasks = manifest["tasks"]
+    assert set(tasks) == {"sentiment", "arith"}
+    # the mix follows the weights (1:3) over the tasks' training pools
+    assert tasks["arith"]["train_in_mix"] == pytest.approx(3 * tasks["sentiment"]["train_in_mix"], abs=1)
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert {"sentiment/exact_match", "arith/exact_match"} <= summary["tuned"]["metrics"].keys()
+    assert {"sentiment/val_loss", "arith/val_loss", "val_loss"} <= summary["tuned"]["loss"].keys()
+    html = (run / "report.html").read_text()
+    assert "arith: Exact match" in html and "sentiment: Exact match" in html

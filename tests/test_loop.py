@@ -111,3 +111,18 @@ def test_checkpoints_are_complete_and_pruned(tokenizer, data, tmp_path):
         assert {"trainable.safetensors", "optimizer.pt", "state.json"} <= {
             p.name for p in (tmp_path / "checkpoints" / name).iterdir()}
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_gradient_checkpointing_gives_the_same_updates(tokenizer, data, tmp_path):
+    train_seqs, _ = data
+    plain, ckpt = lora_model(tokenizer), lora_model(tokenizer)
+    for m in (plain, ckpt):
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+    r1 = train(plain, train_seqs, [], SFTObjective(), cfg(max_steps=3), tmp_path / "a", pad_id=tokenizer.pad_token_id)
+    r2 = train(ckpt, train_seqs, [], SFTObjective(), cfg(max_steps=3, gradient_checkpointing=True), tmp_path / "b",
+               pad_id=tokenizer.pad_token_id)
+    assert r1.final_train_loss == pytest.approx(r2.final_train_loss, rel=1e-5)
+    a, b = trainable_state(plain), trainable_state(ckpt)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -30,8 +30,8 @@ def make_results():
         "name": "sentiment <demo>", "model": "tiny/llama", "method": "lora", "task": "classification",
         "metrics": {"base": {"accuracy": 1 / 3, "macro_f1": 0.25},
                     "tuned": {"accuracy": 1.0, "macro_f1": 1.0}},
-        "loss": {"base": {"val_loss": 2.5, "perplexity": 12.18},
-                 "tuned": {"val_loss": 1.25, "perplexity": 3.49}},
+        "loss": {"base": {"val_loss": 2.5, "perplexity": 12.18, "tokens": 590},
+                 "tuned": {"val_loss": 1.25, "perplexity": 3.49, "tokens": 590}},
         "label_details": {"base": details(base_preds, refs, LABELS),
                           "tuned": details(tuned_preds, refs, LABELS)},
         "examples": [{"prompt": "Review: <script>alert('x')</script> & great fun",
@@ -87,8 +87,8 @@ def test_html_metric_rows_and_deltas(written):
     row = re.compile(r'<tr><th>([^<]*)</th><td>([^<]*)</td><td>([^<]*)</td>'
                      r'<td class="(\w+)">([^<]*)</td></tr>')
     rows = {m.group(1): m.groups()[1:] for m in row.finditer(page)}
-    assert list(rows)[:4] == ["Validation loss", "Perplexity", "Accuracy", "Macro F1"]
-    assert rows["Validation loss"] == ("2.5000", "1.2500", "better", "▼ -1.2500")
+    assert list(rows) == ["Held-out loss", "Perplexity", "Accuracy", "Macro F1"]   # no bookkeeping rows
+    assert rows["Held-out loss"] == ("2.5000", "1.2500", "better", "▼ -1.2500")
     assert rows["Perplexity"] == ("12.18", "3.49", "better", "▼ -8.69")
     assert rows["Accuracy"] == ("33.3%", "100.0%", "better", "▲ +66.7 pp")
     assert rows["Macro F1"] == ("25.0%", "100.0%", "better", "▲ +75.0 pp")
@@ -120,7 +120,7 @@ def test_markdown(written):
     md = md_path.read_text(encoding="utf-8")
     assert md.startswith("# Tunesmith report: sentiment \\<demo>")  # no raw HTML tag
     assert "| metric | base | tuned | delta |" in md
-    assert "| Validation loss | 2.5000 | 1.2500 | ▼ -1.2500 |" in md
+    assert "| Held-out loss | 2.5000 | 1.2500 | ▼ -1.2500 |" in md
     assert "| Accuracy | 33.3% | 100.0% | ▲ +66.7 pp |" in md
     assert "![Training and validation loss](loss.png)" in md
     assert "| positive | 1 | 0 | 1 |" in md

@@ -41,11 +41,28 @@ class SplitConfig(_Strict):
         return self
 
 
+class MixItem(_Strict):
+    """One more task of a multi-task recipe; unset fields inherit the main `data` section's."""
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Task name (reported separately).")
+    weight: float = Field(1.0, gt=0, description="Share of the training mix relative to the other tasks.")
+    train: str = Field(..., description="Training file of this task.")
+    validation: str | None = None
+    test: str | None = None
+    format: Literal["auto", "chat", "prompt_completion", "alpaca", "text", "labelled", "preference"] | None = None
+    text_field: str | None = None
+    label_field: str | None = None
+    labels: dict[str, str] | None = None
+    instruction: str | None = None
+    system_prompt: str | None = None
+    where: dict[str, str] | None = None
+    max_examples: int | None = Field(None, gt=0)
+
+
 class DataConfig(_Strict):
     train: str = Field(..., description="Training file (JSONL/CSV/Parquet), or `package:NAME/path` inside an installed package.")
     validation: str | None = Field(None, description="Optional validation file; otherwise split from train.")
     test: str | None = Field(None, description="Optional test file; otherwise split from train.")
-    format: Literal["auto", "chat", "prompt_completion", "alpaca", "text", "labelled"] = Field(
+    format: Literal["auto", "chat", "prompt_completion", "alpaca", "text", "labelled", "preference"] = Field(
         "auto", description="Record format; `auto` detects it from the fields.")
     text_field: str = Field("text", description="Labelled format: column with the text.")
     label_field: str = Field("label", description="Labelled format: column with the label.")
@@ -59,16 +76,55 @@ class DataConfig(_Strict):
     packing: bool = Field(False, description="Pack several examples into one sequence of max_length.")
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    task_name: str = Field("main", pattern=r"^[A-Za-z0-9._-]+$",
+                           description="Name of this data's task when `mix` adds others.")
+    weight: float = Field(1.0, gt=0, description="This task's share of the training mix (with `mix`).")
+    mix: list[MixItem] = Field(default_factory=list,
+                               description="More tasks trained together, each split and evaluated separately.")
+
+    def tasks(self) -> list["DataConfig"]:
+        """The main task and every `mix` task as complete data sections (inheriting unset fields)."""
+        out = [self.model_copy(update={"mix": []})]
+        for item in self.mix:
+            update = {k: v for k, v in item.model_dump(exclude={"name"}).items() if v is not None}
+            out.append(self.model_copy(update={**update, "task_name": item.name, "mix": []}))
+        return out
+
+
+METHOD_NAMES = ("lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning", "adapter", "freeze",
+                "bitfit", "sparse", "full")
 
 
 class MethodConfig(_Strict):
-    name: Literal["lora", "full", "freeze"] = Field("lora", description="Fine-tuning method.")
+    name: Literal[METHOD_NAMES] = Field("lora", description="Fine-tuning method.")
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | Literal["auto"] = Field(
         "auto", description="Modules LoRA wraps; `auto` = all attention and MLP projections.")
     top_k_layers: int = Field(2, ge=0, description="freeze: number of top blocks trained (plus final norm and head).")
+    num_virtual_tokens: int = Field(16, ge=1, le=512, description="prompt_tuning/prefix_tuning: virtual tokens.")
+    prompt_init_text: str | None = Field(
+        None, description="prompt_tuning: initialise the soft prompt from this text (random when null).")
+    adapter_size: int = Field(32, ge=1, description="adapter: bottleneck width of each adapter.")
+    sparse_fraction: float = Field(0.01, gt=0, le=1, description="sparse: fraction of weights trained.")
+    sparse_selection: Literal["gradient", "magnitude", "random"] = Field(
+        "gradient", description="sparse: how weights are chosen (gradient = largest |grad| on a calibration batch).")
+
+
+class ObjectiveConfig(_Strict):
+    name: Literal["sft", "classification", "dpo", "orpo", "distill"] = Field(
+        "sft", description="Training objective (loss function).")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="sft: label smoothing of the cross-entropy.")
+    neftune_alpha: float | None = Field(None, gt=0, description="sft: NEFTune embedding-noise scale (e.g. 5).")
+    beta: float = Field(0.1, gt=0, description="dpo: KL strength; orpo: weight of the odds-ratio term.")
+    teacher: str | None = Field(None, description="distill: teacher model (default: the recipe's model).")
+    student: str = Field("half", description="distill: `half` (teacher with every other block) or a model "
+                                             "with the same tokenizer.")
+    kd: Literal["response", "feature", "both"] = Field("response", description="distill: what is matched.")
+    temperature: float = Field(2.0, gt=0, description="distill: softmax temperature of the KL term.")
+    kd_weight: float = Field(0.5, ge=0, le=1, description="distill: weight of the KL term vs the hard-label loss.")
+    feature_weight: float = Field(1.0, ge=0, description="distill: weight of the hidden-state matching loss.")
 
 
 class TrainConfig(_Strict):
@@ -110,12 +166,13 @@ class ExportConfig(_Strict):
 
 class Recipe(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name (prefix of the run directory).")
-    task: Literal["sft", "classification", "qa", "summarization"] = Field(
+    task: Literal["sft", "classification", "qa", "summarization", "pretraining", "preference"] = Field(
         "sft", description="Task; chooses the default evaluation metrics.")
     output_dir: str = Field("runs", description="Folder where run directories are created.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -123,8 +180,8 @@ class Recipe(_Strict):
     def metrics(self) -> list[str]:
         if self.eval.metrics != "auto":
             return list(self.eval.metrics)
-        return {"classification": ["accuracy"], "qa": ["exact_match", "rouge"],
-                "summarization": ["rouge", "bleu"]}.get(self.task, ["exact_match", "rouge", "bleu"])
+        return {"classification": ["accuracy"], "qa": ["exact_match", "rouge"], "summarization": ["rouge", "bleu"],
+                "pretraining": [], "preference": []}.get(self.task, ["exact_match", "rouge", "bleu"])
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -204,10 +261,14 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise _explain(e, label) from None
-    for key in ("train", "validation", "test"):
-        value = getattr(recipe.data, key)
-        if value and not value.startswith("package:") and not Path(value).is_absolute():
-            setattr(recipe.data, key, str((base_dir / value).resolve()))
+    for section in [recipe.data, *recipe.data.mix]:
+        for key in ("train", "validation", "test"):
+            value = getattr(section, key)
+            if value and not value.startswith("package:") and not Path(value).is_absolute():
+                setattr(section, key, str((base_dir / value).resolve()))
+    names = [t.task_name for t in recipe.data.tasks()]
+    if len(set(names)) != len(names):
+        raise TunesmithError(f"task names must be distinct, got {names}", file=label, field="data.mix")
     return recipe
 
 

@@ -9,6 +9,8 @@ from .config import Recipe, dump_recipe
 from .fsutil import atomic_write_json, atomic_write_text, publish_dir
 from .models import CATALOGUE
 
+PEFT_METHODS = {"lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning"}
+
 
 def model_card(recipe: Recipe, manifest: dict, summary: dict, kind: str) -> str:
     entry = CATALOGUE.get(recipe.model.name)
@@ -20,7 +22,8 @@ def model_card(recipe: Recipe, manifest: dict, summary: dict, kind: str) -> str:
     return f"""---
 license: {license_}
 base_model: {recipe.model.name}
-library_name: {"peft" if kind == "adapter" else "transformers"}
+library_name: {"peft" if kind == "adapter" and recipe.method.name in PEFT_METHODS else
+                "tunesmith" if kind == "adapter" else "transformers"}
 tags: [tunesmith, {recipe.method.name}, {recipe.task}]
 ---
 # {recipe.name} ({kind})
@@ -44,19 +47,24 @@ Counts after preprocessing: {json.dumps(manifest.get("counts", {}))}
 """
 
 
-def save_tuned(method, model, tokenizer, out_dir: Path) -> Path:
-    """Save what the method trained (adapter or weights) plus the tokenizer, atomically."""
+def save_tuned(method, model, tokenizer, out_dir: Path, objective=None) -> Path:
+    """Save what the method trained (adapter or weights), the objective's own weights (e.g. a new
+    head) and the tokenizer, atomically."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     method.save(model, tmp)
+    if objective is not None and callable(getattr(objective, "save_extra", None)):
+        objective.save_extra(model, tmp)
     tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "tunesmith.json", {"method": method.name, "mergeable": method.mergeable})
+    mergeable = method.mergeable and getattr(objective, "mergeable", True)
+    atomic_write_json(tmp / "tunesmith.json", {"method": method.name, "mergeable": mergeable,
+                                               "objective": getattr(objective, "name", "sft")})
     publish_dir(tmp, out_dir)
     return out_dir
 
 
 def export(method, model, tokenizer, recipe: Recipe, run_dir: Path, manifest: dict, summary: dict,
-           parity_prompts: list[list[dict]] | None = None) -> dict:
+           parity_prompts: list[list[dict]] | None = None, objective=None) -> dict:
     """Write ``export/adapter`` (adapter methods) and ``export/merged`` (plain transformers dir).
 
     With ``parity_prompts``, greedy outputs of the tuned (adapter-on-base) model are compared with
@@ -69,12 +77,13 @@ def export(method, model, tokenizer, recipe: Recipe, run_dir: Path, manifest: di
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"adapter": None, "merged": None, "parity": None}
     max_new = recipe.eval.max_new_tokens
-    before = generate(model, tokenizer, parity_prompts, max_new) if parity_prompts else None
-    if recipe.export.adapter and method.has_adapter:
-        path = save_tuned(method, model, tokenizer, out / "adapter")
+    mergeable = method.mergeable and getattr(objective, "mergeable", True)
+    before = generate(model, tokenizer, parity_prompts, max_new) if parity_prompts and mergeable else None
+    if recipe.export.adapter and (method.has_adapter or not mergeable):
+        path = save_tuned(method, model, tokenizer, out / "adapter", objective)
         atomic_write_text(path / "README.md", model_card(recipe, manifest, summary, "adapter"))
         result["adapter"] = str(path)
-    if recipe.export.merged and method.mergeable:
+    if recipe.export.merged and mergeable:
         merged = method.merge(model)
         tmp = out / ".merged.tmp"
         shutil.rmtree(tmp, ignore_errors=True)

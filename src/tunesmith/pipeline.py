@@ -9,9 +9,9 @@ from pathlib import Path
 from . import methods, models, objectives
 from .config import Recipe, dump_recipe, load_recipe
 from .data.prepare import build_splits, load_splits, save_splits
-from .data.tokenize import pack, tokenize_all
 from .errors import TunesmithError
 from .fsutil import atomic_write_json, atomic_write_text, new_run_dir
+from .objectives.base import hook
 from .train.progress import console
 
 
@@ -115,15 +115,10 @@ class _Session:
         self.splits, self.manifest = load_splits(run.path / "data")
         self.labels = self.manifest.get("labels")
         self.method = methods.get(r.method.name)
-        self.objective = objectives.get("sft")
+        self.objective = objectives.from_recipe(r)
         self.base_model, self.tokenizer = models.load(r.model.name, device=self.device,
                                                       trust_remote_code=r.model.trust_remote_code)
-        self.seqs = {}
-        self.token_stats = {}
-        for name, exs in self.splits.items():
-            self.seqs[name], self.token_stats[name] = tokenize_all(exs, self.tokenizer, r.data.max_length)
-        if r.data.packing:
-            self.seqs["train"] = pack(self.seqs["train"], r.data.max_length, seed=r.train.seed)
+        self.seqs, self.token_stats = self.objective.build(self.splits, self.tokenizer, r)
         if not self.seqs["train"]:
             raise TunesmithError("no training example has trainable tokens within data.max_length",
                                  field="data.max_length")
@@ -134,10 +129,45 @@ class _Session:
         return (exs[:n], seqs[:n]) if n else (exs, seqs)
 
 
-def _evaluate(session: _Session, model, title: str) -> dict:
-    from .eval.evaluate import evaluate_model
+def _evaluate(session: _Session, model, title: str, which: str) -> dict:
+    """Task evaluation: the objective's own (``which`` is "base" or "tuned") or generation metrics.
+
+    Multi-task runs evaluate every task on its own test examples; metrics are keyed ``task/metric``.
+    """
     exs, seqs = session.eval_examples()
-    return evaluate_model(model, session.tokenizer, exs, seqs, session.run.recipe, session.labels,
+    tasks = session.manifest.get("tasks")
+    if not tasks:
+        return _evaluate_one(session, model, title, which, exs, seqs, session.labels)
+    combined: dict = {"loss": {}, "metrics": {}, "predictions": [], "tasks": {}}
+    for name, info in tasks.items():
+        subset = [ex for ex in exs if ex.task == name]
+        if not subset:
+            continue
+        task_seqs = session.objective.build({"test": subset}, session.tokenizer, session.run.recipe)[0]["test"]
+        res = _evaluate_one(session, model, f"{title} [{name}]", which, subset, task_seqs, info.get("labels"))
+        combined["tasks"][name] = {k: v for k, v in res.items() if k != "predictions"}
+        combined["metrics"].update({f"{name}/{k}": v for k, v in res["metrics"].items()})
+        combined["loss"].update({f"{name}/{k}": v for k, v in res.get("loss", {}).items()
+                                 if k in ("val_loss", "perplexity")})
+        combined["predictions"] += [{**p, "task": name} for p in res["predictions"]]
+    if seqs:
+        combined["loss"].update(evaluate_loss_all(session, model, seqs))
+    return combined
+
+
+def evaluate_loss_all(session: _Session, model, seqs) -> dict:
+    from .train.loop import evaluate_loss
+    out = evaluate_loss(model, seqs, session.objective, batch_size=session.run.recipe.train.batch_size,
+                        pad_id=session.tokenizer.pad_token_id, device=next(model.parameters()).device)
+    return {"val_loss": out["val_loss"], "perplexity": out["perplexity"]}
+
+
+def _evaluate_one(session: _Session, model, title: str, which: str, exs, seqs, labels) -> dict:
+    from .eval.evaluate import evaluate_model
+    own = hook(session.objective, "evaluate")
+    if own:
+        return own(model, session.tokenizer, exs, seqs, session.run.recipe, which=which)
+    return evaluate_model(model, session.tokenizer, exs, seqs, session.run.recipe, labels,
                           session.objective, title=title)
 
 
@@ -155,7 +185,16 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
     if not resume and (run.path / "model").exists():
         raise TunesmithError("run already trained; start a new run or use --resume", file=str(run.path))
     from .methods.base import count_trainable
-    model = session.method.apply(session.base_model, r.method)
+    model = session.base_model
+    if hook(session.objective, "attach"):
+        model = session.objective.attach(model, session.tokenizer, r)
+    if hook(session.objective, "before_training"):
+        session.objective.before_training(model, session.seqs)
+    from .train.loop import seed_everything
+    seed_everything(r.train.seed)       # adapters' random init depends on it
+    model = session.method.apply(model, r.method, calibration=_calibration(session, model))
+    if hook(session.objective, "after_method"):
+        model = session.objective.after_method(model)
     trainable, total = count_trainable(model)
     console.print(f"method {r.method.name}: {trainable:,} of {total:,} parameters trainable "
                   f"({100 * trainable / total:.2f}%) on {session.device}")
@@ -167,9 +206,23 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
     session.tuned_model = model
     if stop_after is not None and result.steps < _planned_steps(session):
         return run, result
-    save_tuned(session.method, model, session.tokenizer, run.path / "model")
+    save_tuned(session.method, model, session.tokenizer, run.path / "model", session.objective)
     run.mark("train", steps=result.steps, wall_s=result.wall_s)
     return run, result
+
+
+def _calibration(session: _Session, model):
+    """A function computing the objective's loss on one training batch (for data-aware methods)."""
+    r = session.run.recipe
+    items = session.seqs["train"][: r.train.batch_size]
+
+    def loss(m):
+        batch = session.objective.collate(items, session.tokenizer.pad_token_id)
+        device = next(m.parameters()).device
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        out = session.objective(m, batch)
+        return out.loss_sum / max(out.count, 1)
+    return loss
 
 
 def _planned_steps(session: _Session) -> int:
@@ -184,8 +237,13 @@ def _load_tuned(session: _Session):
     run = session.run
     if not (run.path / "model").is_dir():
         raise TunesmithError("run has no trained model; run `tunesmith train` first", file=str(run.path))
-    fresh, _ = models.load(run.recipe.model.name, device=session.device)
-    return session.method.load(fresh, run.path / "model", run.recipe.method)
+    model, _ = models.load(run.recipe.model.name, device=session.device)
+    if hook(session.objective, "attach"):
+        model = session.objective.attach(model, session.tokenizer, run.recipe)
+    model = session.method.load(model, run.path / "model", run.recipe.method)
+    if hook(session.objective, "load_extra"):
+        model = session.objective.load_extra(model, run.path / "model")
+    return model
 
 
 def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_result: dict | None = None,
@@ -197,9 +255,10 @@ def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_
     session = session or _Session(run)
     r = run.recipe
     if base_result is None and r.eval.compare_base:
-        base_result = run.load_json("eval/base.json") or _evaluate(session, session.base_model, "eval base")
+        base_result = run.load_json("eval/base.json") or _evaluate(session, session.base_model, "eval base",
+                                                                    "base")
     tuned_model = tuned_model or getattr(session, "tuned_model", None) or _load_tuned(session)
-    tuned_result = _evaluate(session, tuned_model, "eval tuned")
+    tuned_result = _evaluate(session, tuned_model, "eval tuned", "tuned")
     atomic_write_json(run.path / "eval" / "tuned.json", tuned_result)
     if base_result:
         atomic_write_json(run.path / "eval" / "base.json", base_result)
@@ -243,7 +302,8 @@ def export(target: str | Path | Run, *, session: _Session | None = None, tuned_m
     summary = run.load_json("eval/summary.json") or {}
     prompts = [ex.prompt_messages for ex in session.splits["test"] if ex.messages][: r.export.parity_prompts] \
         if r.export.check_parity else None
-    result = _export(session.method, model, session.tokenizer, r, run.path, session.manifest, summary, prompts)
+    result = _export(session.method, model, session.tokenizer, r, run.path, session.manifest, summary, prompts,
+                     objective=session.objective)
     atomic_write_json(run.path / "export" / "export.json", result)
     session.tuned_model = None   # merged in place; reload from disk if needed again
     data = run.load_json("eval/report_data.json")
@@ -270,7 +330,7 @@ def run(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, 
     if r.eval.compare_base:
         base_result = the_run.load_json("eval/base.json")
         if base_result is None:
-            base_result = _evaluate(session, session.base_model, "eval base")
+            base_result = _evaluate(session, session.base_model, "eval base", "base")
             atomic_write_json(the_run.path / "eval" / "base.json", base_result)
     train(the_run, resume=bool(resume_dir), session=session)
     evaluate(the_run, session=session, base_result=base_result)

@@ -98,4 +98,5 @@ def clean_example(ex: Example, strip_html: bool, normalize: bool) -> Example:
         for m in ex.messages
     ]
     text = clean(ex.text) if ex.text is not None else None
-    return replace(ex, messages=messages, text=text)
+    rejected = clean(ex.rejected) if getattr(ex, "rejected", None) is not None else None
+    return replace(ex, messages=messages, text=text, rejected=rejected)

@@ -14,6 +14,9 @@ class Example:
     ``label`` holds the label name for labelled-text data (whose raw input text is kept in
     ``text`` too, beside the prompt built from it); ``line`` is the 1-based line (JSONL)
     (CSV counts the header as line 1) or row (Parquet) in ``source``.
+    ``rejected`` holds the dispreferred reply of preference data (DPO/ORPO): ``messages`` then
+    ends with the preferred (chosen) assistant reply, and ``rejected`` is the alternative reply
+    to the same prompt.
     """
 
     messages: list[dict] = field(default_factory=list)
@@ -21,6 +24,8 @@ class Example:
     label: str | None = None
     source: str = ""
     line: int = 0
+    rejected: str | None = None
+    task: str | None = None          # task name in multi-task recipes
 
     @property
     def prompt_messages(self) -> list[dict]:
@@ -43,7 +48,8 @@ class Example:
         return "\n".join(f"{m['role']}: {m['content']}" for m in self.prompt_messages)
 
     def full_text(self) -> str:
-        """All text of the example (for dedup and PII scans)."""
+        """All text of the example (for dedup and PII scans), the rejected reply included."""
         if not self.messages:
             return self.text or ""
-        return "\n".join(m["content"] for m in self.messages)
+        parts = [m["content"] for m in self.messages]
+        return "\n".join(parts + [self.rejected] if self.rejected is not None else parts)

@@ -1,4 +1,4 @@
-"""Detect record formats (chat, prompt/completion, alpaca, text, labelled) and normalise them to Example."""
+"""Detect record formats (chat, prompt/completion, alpaca, text, labelled, preference); normalise to Example."""
 from __future__ import annotations
 
 import random
@@ -10,7 +10,10 @@ from ..errors import TunesmithError
 from .example import Example
 from .io import ParseError, read_records
 
-FORMATS = ("chat", "prompt_completion", "alpaca", "text", "labelled")
+FORMATS = ("chat", "prompt_completion", "alpaca", "text", "labelled", "preference")
+# OpenAI DPO spellings of the preferred / dispreferred reply fields (output, then completion)
+PREFERRED = ("preferred_output", "preferred_completion")
+NON_PREFERRED = ("non_preferred_output", "non_preferred_completion")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -57,6 +60,8 @@ def detect_format(record: Any, cfg: DataConfig, *, source: str | None = None,
         raise TunesmithError(f"record is {_type_name(record)}; expected a JSON object (or a table row)",
                              file=source, line=line)
     keys = set(record)
+    if keys & {*PREFERRED, *NON_PREFERRED} or {"chosen", "rejected"} <= keys:
+        return "preference"
     if "messages" in keys:
         return "chat"
     if {"prompt", "completion"} <= keys:
@@ -71,7 +76,8 @@ def detect_format(record: Any, cfg: DataConfig, *, source: str | None = None,
     raise TunesmithError(
         f"cannot detect the data format from fields ({found}); expected 'messages' (chat), "
         f"'prompt'+'completion', 'instruction'+'output' (alpaca), '{cfg.text_field}' (text), or "
-        f"'{cfg.text_field}'+'{cfg.label_field}' with data.labels (labelled)", file=source, line=line)
+        f"'{cfg.text_field}'+'{cfg.label_field}' with data.labels (labelled), or 'input'+'preferred_output'+"
+        f"'non_preferred_output' / 'prompt'+'chosen'+'rejected' (preference)", file=source, line=line)
 
 
 def _chat_messages(record: dict) -> list[dict]:
@@ -79,13 +85,25 @@ def _chat_messages(record: dict) -> list[dict]:
         found = ", ".join(sorted(map(str, record))) or "none"
         raise FormatError("missing_messages", f"no 'messages' field (found {found}); expected a list "
                                               "of {role, content} messages", "messages")
-    raw = record["messages"]
+    messages = _message_list(record["messages"], "messages")
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    if not assistants:
+        raise FormatError("no_assistant_turn", "no assistant turn; expected at least one message with "
+                                               "role 'assistant'", "messages")
+    if all(m.get("weight", 1) == 0 for m in assistants):
+        raise FormatError("no_assistant_turn", "every assistant turn has weight 0; expected at least "
+                                               "one trained assistant turn", "messages")
+    return messages
+
+
+def _message_list(raw: Any, name: str) -> list[dict]:
+    """Validate a list of ``{role, content}`` messages found in field ``name``."""
     if not isinstance(raw, list):
         raise FormatError("messages_not_list", f"is {_type_name(raw)}; expected a list of "
-                                               "{role, content} messages", "messages")
+                                               "{role, content} messages", name)
     messages = []
     for i, m in enumerate(raw):
-        where = f"messages[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(m, dict):
             raise FormatError("bad_type", f"is {_type_name(m)}; expected an object with role and "
                                           "content", where)
@@ -115,14 +133,83 @@ def _chat_messages(record: dict) -> list[dict]:
                 raise FormatError("bad_weight", f"is {weight!r}; expected 0 or 1", f"{where}.weight")
             message["weight"] = int(weight)
         messages.append(message)
-    assistants = [m for m in messages if m["role"] == "assistant"]
-    if not assistants:
-        raise FormatError("no_assistant_turn", "no assistant turn; expected at least one message with "
-                                               "role 'assistant'", "messages")
-    if all(m.get("weight", 1) == 0 for m in assistants):
-        raise FormatError("no_assistant_turn", "every assistant turn has weight 0; expected at least "
-                                               "one trained assistant turn", "messages")
     return messages
+
+
+def _reply(value: Any, name: str) -> str:
+    """One assistant reply: a non-empty string, or a list holding exactly one assistant message."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise FormatError("empty_content", "is empty; expected a non-empty string", name)
+        return value
+    messages = _message_list(value, name)
+    if len(messages) != 1:
+        raise FormatError("bad_reply", f"has {len(messages)} messages; expected exactly one assistant "
+                                       "message", name)
+    if messages[0]["role"] != "assistant":
+        raise FormatError("bad_reply", f"role is {messages[0]['role']!r}; expected 'assistant'",
+                          f"{name}[0].role")
+    return messages[0]["content"]
+
+
+def _first_present(record: dict, names: tuple[str, ...]) -> str:
+    """The first of ``names`` present in ``record`` (the first name when none is)."""
+    return next((n for n in names if record.get(n) is not None), names[0])
+
+
+def _preference(record: dict) -> tuple[list[dict], str, str]:
+    """(prompt messages, chosen reply, rejected reply) of a preference record.
+
+    Accepts OpenAI's DPO shape (``input.messages`` + ``preferred_output``/``non_preferred_output``,
+    or the ``*_completion`` spellings), ``prompt``/``chosen``/``rejected`` with a string or message
+    list prompt and string or one-message replies, and ``chosen``/``rejected`` conversations
+    without ``prompt`` whose shared turns before the last reply are the prompt.
+    """
+    if "chosen" in record or "rejected" in record or "prompt" in record:
+        if record.get("prompt") is None and isinstance(record.get("chosen"), list) \
+                and isinstance(record.get("rejected"), list):
+            return _implicit_prompt(record)
+        raw = record.get("prompt")
+        if raw is None:
+            raise FormatError("missing_field", "missing; expected a string or a list of messages", "prompt")
+        prompt = _message_list(raw, "prompt") if isinstance(raw, list) else \
+            [{"role": "user", "content": _get_str(record, "prompt")}]
+        names = ("chosen", "rejected")
+    else:
+        names = (_first_present(record, PREFERRED), _first_present(record, NON_PREFERRED))
+        raw = record.get("input")
+        if raw is None:
+            raise FormatError("missing_field", "missing; expected an object with 'messages'", "input")
+        if not isinstance(raw, dict):
+            raise FormatError("bad_type", f"is {_type_name(raw)}; expected an object with 'messages'",
+                              "input")
+        if raw.get("messages") is None:
+            raise FormatError("missing_field", "missing; expected a list of messages", "input.messages")
+        prompt = _message_list(raw["messages"], "input.messages")
+    if not prompt:
+        raise FormatError("empty_content", "is empty; expected at least one message",
+                          "prompt" if names[0] == "chosen" else "input.messages")
+    replies = []
+    for name in names:
+        if record.get(name) is None:
+            raise FormatError("missing_field", "missing; expected the reply (a string or a list with one "
+                                               "assistant message)", name)
+        replies.append(_reply(record[name], name))
+    return prompt, replies[0], replies[1]
+
+
+def _implicit_prompt(record: dict) -> tuple[list[dict], str, str]:
+    chosen = _message_list(record["chosen"], "chosen")
+    rejected = _message_list(record["rejected"], "rejected")
+    for name, conv in (("chosen", chosen), ("rejected", rejected)):
+        if len(conv) < 2 or conv[-1]["role"] != "assistant":
+            raise FormatError("bad_reply", "expected a conversation ending with an assistant reply "
+                                           "(or give the shared turns in 'prompt')", name)
+    shared = [{"role": m["role"], "content": m["content"]} for m in chosen[:-1]]
+    if shared != [{"role": m["role"], "content": m["content"]} for m in rejected[:-1]]:
+        raise FormatError("prompt_mismatch", "turns before the last reply differ from those in "
+                                             "'chosen'; expected the same prompt", "rejected")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
 
 
 def _labelled(record: dict, cfg: DataConfig, label_names: list[str]) -> tuple[str, str]:
@@ -167,8 +254,14 @@ def to_example(record: Any, fmt: str, cfg: DataConfig, source: str, line: int, *
         raise FormatError("not_a_dict", f"record is {_type_name(record)}; expected a JSON object")
     if fmt == "text":
         return Example(text=_get_str(record, cfg.text_field), source=source, line=line)
-    label = None
-    if fmt == "chat":
+    label = rejected = None
+    if fmt == "preference":
+        prompt, chosen, rejected = _preference(record)
+        if chosen.strip() == rejected.strip():
+            raise FormatError("identical_replies", "the preferred and the rejected reply are identical; "
+                                                   "expected two different replies")
+        messages = prompt + [{"role": "assistant", "content": chosen}]
+    elif fmt == "chat":
         messages = _chat_messages(record)
     elif fmt == "prompt_completion":
         prompt, completion = _get_str(record, "prompt"), _get_str(record, "completion")
@@ -193,7 +286,7 @@ def to_example(record: Any, fmt: str, cfg: DataConfig, source: str, line: int, *
         messages.insert(0, {"role": "system", "content": cfg.system_prompt})
     # labelled examples keep their raw text so cleaning can rebuild the prompt from it
     return Example(messages=messages, text=text if fmt == "labelled" else None, label=label,
-                   source=source, line=line)
+                   source=source, line=line, rejected=rejected)
 
 
 def _matches(record: Any, where: dict[str, str]) -> bool:

@@ -271,4 +271,5 @@ def anonymize_example(ex: Example) -> tuple[Example, Counter[str]]:
         for m in ex.messages
     ]
     text = clean(ex.text) if ex.text is not None else None
-    return replace(ex, messages=messages, text=text), counts
+    rejected = clean(ex.rejected) if getattr(ex, "rejected", None) is not None else None
+    return replace(ex, messages=messages, text=text, rejected=rejected), counts

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from ..config import Recipe
+from ..config import DataConfig, Recipe
 from ..errors import TunesmithError
 from ..fsutil import atomic_write_json, atomic_write_text, sha256_file
 from .clean import clean_example
@@ -20,8 +21,8 @@ from .split import leakage, split_examples
 SPLITS = ("train", "validation", "test")
 
 
-def _clean(examples: list[Example], recipe: Recipe, stats: dict, labels: list[str] | None) -> list[Example]:
-    c = recipe.data.clean
+def _clean(examples: list[Example], d: DataConfig, stats: dict, labels: list[str] | None) -> list[Example]:
+    c = d.clean
     out, empty, pii = [], 0, Counter()
     for ex in examples:
         ex = clean_example(ex, strip_html=c.strip_html, normalize=c.normalize)
@@ -33,8 +34,9 @@ def _clean(examples: list[Example], recipe: Recipe, stats: dict, labels: list[st
                 empty += 1
                 continue
             user = next(m for m in ex.messages if m["role"] == "user")
-            user["content"] = labelled_prompt(recipe.data, ex.text, labels or [])
-        if not ex.full_text().strip() or any(not m["content"].strip() for m in ex.messages):
+            user["content"] = labelled_prompt(d, ex.text, labels or [])
+        if not ex.full_text().strip() or any(not m["content"].strip() for m in ex.messages) \
+                or (ex.rejected is not None and not ex.rejected.strip()):
             empty += 1
             continue
         out.append(ex)
@@ -44,8 +46,8 @@ def _clean(examples: list[Example], recipe: Recipe, stats: dict, labels: list[st
     return out
 
 
-def _dedup(examples: list[Example], recipe: Recipe, stats: dict) -> list[Example]:
-    c = recipe.data.clean
+def _dedup(examples: list[Example], d: DataConfig, stats: dict) -> list[Example]:
+    c = d.clean
     drop: set[int] = set()
     if c.dedup:
         exact = exact_duplicates([ex.full_text() for ex in examples])
@@ -60,8 +62,42 @@ def _dedup(examples: list[Example], recipe: Recipe, stats: dict) -> list[Example
 
 
 def build_splits(recipe: Recipe) -> tuple[dict[str, list[Example]], dict]:
-    """Load and preprocess the recipe's data; return the three splits and a manifest."""
-    d = recipe.data
+    """Load and preprocess the recipe's data; return the three splits and a manifest.
+
+    With ``data.mix`` every task is loaded, cleaned and split on its own; the training split is
+    a seeded resample in proportion to the task weights, and held-out examples keep their task
+    name so each task is evaluated separately."""
+    tasks = recipe.data.tasks()
+    if len(tasks) == 1:
+        return _build_task(tasks[0])
+    built = {t.task_name: _build_task(t) for t in tasks}
+    rng = random.Random(recipe.data.split.seed)
+    total = sum(len(b[0]["train"]) for b in built.values())
+    weight_sum = sum(t.weight for t in tasks)
+    splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    manifest: dict = {"files": {}, "format": "mix", "labels": None, "tasks": {}}
+    for t in tasks:
+        task_splits, task_manifest = built[t.task_name]
+        for name, exs in task_splits.items():
+            for ex in exs:
+                ex.task = t.task_name
+        pool = task_splits["train"]
+        want = max(1, round(total * t.weight / weight_sum))
+        chosen = rng.sample(pool, want) if want <= len(pool) else pool + rng.choices(pool, k=want - len(pool))
+        splits["train"] += chosen
+        splits["validation"] += task_splits["validation"]
+        splits["test"] += task_splits["test"]
+        manifest["files"].update({f"{t.task_name}/{k}": v for k, v in task_manifest["files"].items()})
+        manifest["tasks"][t.task_name] = {"weight": t.weight, "format": t.format, "labels": task_manifest["labels"],
+                                          "counts": task_manifest["counts"], "train_in_mix": len(chosen),
+                                          "preprocessing": task_manifest["preprocessing"]}
+    rng.shuffle(splits["train"])
+    manifest["counts"] = {k: len(v) for k, v in splits.items()}
+    return splits, manifest
+
+
+def _build_task(d: DataConfig) -> tuple[dict[str, list[Example]], dict]:
+    """Load, clean, anonymise, deduplicate and split one task's data."""
     stats: dict = {}
     files = {}
     train_raw = load_examples_strict(d, d.train, limit_seed=d.split.seed)
@@ -74,17 +110,17 @@ def build_splits(recipe: Recipe) -> tuple[dict[str, list[Example]], dict]:
             raw[name] = load_examples_strict(d, spec, limit_seed=d.split.seed, label_names=labels)
             files[name] = spec
     stats["loaded"] = {k: len(v) for k, v in raw.items()}
-    cleaned = {k: _clean(v, recipe, stats, labels) for k, v in raw.items()}
+    cleaned = {k: _clean(v, d, stats, labels) for k, v in raw.items()}
     if "validation" in raw and "test" in raw:
-        splits = {k: _dedup(v, recipe, stats) for k, v in cleaned.items()}
+        splits = {k: _dedup(v, d, stats) for k, v in cleaned.items()}
     else:
-        pool = _dedup(cleaned["train"], recipe, stats)
+        pool = _dedup(cleaned["train"], d, stats)
         val_frac = 0.0 if "validation" in raw else d.split.validation
         test_frac = 0.0 if "test" in raw else d.split.test
         splits = split_examples(pool, val_frac, test_frac, d.split.seed)
         for name in ("validation", "test"):
             if name in raw:
-                splits[name] = _dedup(cleaned[name], recipe, stats)
+                splits[name] = _dedup(cleaned[name], d, stats)
     if not splits["train"]:
         raise TunesmithError("no training examples left after cleaning and deduplication; "
                              "expected at least one", file=d.train)

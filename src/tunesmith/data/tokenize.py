@@ -20,6 +20,10 @@ class Tokenized:
     def n_trained(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
 
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
 
 def _end_of_turn(tokenizer) -> str | None:
     return tokenizer.eos_token
@@ -132,9 +136,11 @@ def pack(seqs: list[Tokenized], max_length: int, seed: int = 0) -> list[Tokenize
     return packed
 
 
-def batches(seqs: list[Tokenized], batch_size: int, *, seed: int, shuffle: bool = True,
+def batches(seqs: list, batch_size: int, *, seed: int, shuffle: bool = True,
             group_by_length: bool = True) -> list[list[int]]:
-    """Index batches for one epoch: shuffled, and grouped by length inside windows to cut padding."""
+    """Index batches for one epoch: shuffled, and grouped by length inside windows to cut padding.
+
+    Items are anything with a ``length`` (tokens it contributes to a batch)."""
     idx = list(range(len(seqs)))
     rng = random.Random(seed)
     if shuffle:
@@ -142,7 +148,7 @@ def batches(seqs: list[Tokenized], batch_size: int, *, seed: int, shuffle: bool 
     if group_by_length:
         window = batch_size * 32
         idx = [i for w in range(0, len(idx), window)
-               for i in sorted(idx[w:w + window], key=lambda k: len(seqs[k].input_ids))]
+               for i in sorted(idx[w:w + window], key=lambda k: seqs[k].length)]
     out = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
     if shuffle:
         rng.shuffle(out)
@@ -150,7 +156,11 @@ def batches(seqs: list[Tokenized], batch_size: int, *, seed: int, shuffle: bool 
 
 
 def collate(seqs: list[Tokenized], pad_id: int):
-    """Right-pad a list of sequences into tensors ``input_ids``, ``labels`` and a mask or positions."""
+    """Right-pad sequences into tensors ``input_ids``, ``labels`` and a mask or positions.
+
+    Every collate function of an objective also returns ``n_tokens`` (real, non-pad tokens) and
+    ``n_loss`` (the units the loss is summed over: here, target tokens), which the loop uses for
+    throughput and for exact loss normalisation across gradient accumulation."""
     import torch
 
     width = max(len(s.input_ids) for s in seqs)
@@ -171,4 +181,5 @@ def collate(seqs: list[Tokenized], pad_id: int):
     batch = {"input_ids": ids, "labels": labels}
     batch["position_ids" if packed else "attention_mask"] = extra
     batch["n_tokens"] = sum(len(s.input_ids) for s in seqs)
+    batch["n_loss"] = int((labels[:, 1:] != IGNORE).sum())
     return batch

@@ -60,7 +60,9 @@ def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokeniz
     result["metrics"] = metrics.compute(recipe.metrics(), preds, refs, labels)
     result["label_details"] = metrics.details(preds, refs, labels)
     result["generation"] = {"wall_s": wall, "per_example_s": wall / len(prompts)}
-    result["predictions"] = [{"prompt": ex.prompt_messages, "reference": r, "prediction": p}
+    headline = (recipe.metrics() or ["exact_match"])[0]
+    result["predictions"] = [{"prompt": ex.prompt_messages, "reference": r, "prediction": p,
+                              "correct": metrics.per_example_correct(headline, p, r, labels)}
                              for ex, r, p in zip(chat, refs, preds)]
     return result
 
@@ -69,16 +71,19 @@ def compare(base: dict | None, tuned: dict, recipe: Recipe, labels: list[str] | 
     """Flips and differing examples between base and tuned predictions on the same prompts."""
     if not base or not base.get("predictions"):
         return {"flips": None, "examples": []}
-    headline = recipe.metrics()[0]
+    headline = (recipe.metrics() or ["exact_match"])[0]
     flips = {"base_wrong_tuned_right": 0, "base_right_tuned_wrong": 0}
     differing = []
     for b, t in zip(base["predictions"], tuned["predictions"]):
-        bc = metrics.per_example_correct(headline, b["prediction"], b["reference"], labels)
-        tc = metrics.per_example_correct(headline, t["prediction"], t["reference"], labels)
+        if "correct" in b and "correct" in t:       # objectives that judge their own predictions
+            bc, tc = bool(b["correct"]), bool(t["correct"])
+        else:
+            bc = metrics.per_example_correct(headline, b["prediction"], b["reference"], labels)
+            tc = metrics.per_example_correct(headline, t["prediction"], t["reference"], labels)
         if bc != tc:
             flips["base_wrong_tuned_right" if tc else "base_right_tuned_wrong"] += 1
         if b["prediction"] != t["prediction"]:
-            prompt = b["prompt"][-1]["content"] if b["prompt"] else ""
+            prompt = b["prompt"][-1]["content"] if isinstance(b["prompt"], list) and b["prompt"] else str(b["prompt"])
             differing.append({"prompt": prompt, "reference": b["reference"], "base": b["prediction"],
                               "tuned": t["prediction"], "base_correct": bc, "tuned_correct": tc})
     # show fixed examples first, then regressions, then other differences

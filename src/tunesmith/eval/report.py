@@ -12,13 +12,16 @@ from pathlib import Path
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from .metrics import LOWER_IS_BETTER, UNPARSED
 
-_LOSS_ROWS = (("val_loss", "Validation loss"), ("perplexity", "Perplexity"))
+_LOSS_ROWS = (("val_loss", "Held-out loss"), ("perplexity", "Perplexity"))
 _METRIC_TITLES = {
     "exact_match": "Exact match", "accuracy": "Accuracy", "macro_precision": "Macro precision",
     "macro_recall": "Macro recall", "macro_f1": "Macro F1", "rouge1": "ROUGE-1",
     "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
+    "logp_preference_accuracy": "Prefers the chosen reply (log-prob)", "reward_accuracy": "Reward accuracy",
+    "reward_margin": "Reward margin", "logp_margin": "Log-prob margin (chosen − rejected)",
 }
-_FRACTIONS = frozenset({"exact_match", "accuracy", "macro_precision", "macro_recall", "macro_f1"})
+_FRACTIONS = frozenset({"exact_match", "accuracy", "macro_precision", "macro_recall", "macro_f1",
+                        "logp_preference_accuracy", "reward_accuracy"})
 _DASH = "—"
 
 _CSS = """
@@ -92,7 +95,19 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _base(metric: str) -> str:
+    """``task/metric`` (multi-task runs) -> ``metric``."""
+    return metric.rsplit("/", 1)[-1]
+
+
+def _title(metric: str, titles: dict) -> str:
+    task, _, name = metric.rpartition("/")
+    title = titles.get(name, name)
+    return f"{task}: {title}" if task else title
+
+
 def _fmt(metric: str, value) -> str:
+    metric = _base(metric)
     if not _is_number(value):
         return _DASH
     if math.isnan(value):
@@ -106,6 +121,7 @@ def _fmt(metric: str, value) -> str:
 
 def _delta(metric: str, base, tuned) -> tuple[str, str]:
     """Signed change with an arrow, and ``better``/``worse``/``""`` for colouring."""
+    metric = _base(metric)
     if not (_is_number(base) and _is_number(tuned)):
         return _DASH, ""
     d = tuned - base
@@ -126,8 +142,9 @@ def _comparison_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     """(title, base, tuned, delta, css class) for losses then generation metrics."""
     loss = results.get("loss") or {}
     metrics = results.get("metrics") or {}
-    values = {side: {**(metrics.get(side) or {}), **(loss.get(side) or {})}
+    losses = {side: {k: v for k, v in (loss.get(side) or {}).items() if _base(k) in dict(_LOSS_ROWS)}
               for side in ("base", "tuned")}
+    values = {side: {**(metrics.get(side) or {}), **losses[side]} for side in ("base", "tuned")}
     titles = {**dict(_LOSS_ROWS), **_METRIC_TITLES}
     present = {**values["tuned"], **values["base"]}
     # Known rows in their fixed order (losses first), then any other metric as reported.
@@ -136,7 +153,7 @@ def _comparison_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     for name in names:
         base, tuned = values["base"].get(name), values["tuned"].get(name)
         delta, cls = _delta(name, base, tuned)
-        rows.append((titles.get(name, name), _fmt(name, base), _fmt(name, tuned), delta, cls))
+        rows.append((_title(name, titles), _fmt(name, base), _fmt(name, tuned), delta, cls))
     return rows
 
 

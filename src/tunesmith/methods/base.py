@@ -1,28 +1,33 @@
 """The method contract: how a fine-tuning method prepares, saves, reloads and merges a model."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import TunesmithError
 from ..fsutil import atomic_write_bytes
 
 
 class Method(Protocol):
     """A fine-tuning method plug-in.
 
-    ``apply`` returns the model to train with exactly the intended parameters trainable.
+    ``apply`` returns the model to train with exactly the intended parameters trainable;
+    ``calibration``, when given, is ``f(model) -> loss`` on one training batch (for methods that
+    choose what to train from data, e.g. gradient-selected sparse masks).
     ``save``/``load`` round-trip what the method trained (an adapter or weights) on top of a
-    freshly loaded base; ``merge`` returns a plain transformers model equivalent to the tuned one.
+    freshly loaded base; ``merge`` returns a plain transformers model equivalent to the tuned one
+    (methods with ``mergeable = False`` raise ``TunesmithError`` from ``merge``).
     """
 
     name: str
     mergeable: bool       # whether merge() folds the tuned weights into a plain model
     has_adapter: bool     # whether save() writes a separate adapter (else full/partial weights)
 
-    def apply(self, model, cfg) -> torch.nn.Module: ...
+    def apply(self, model, cfg, calibration=None) -> torch.nn.Module: ...
     def save(self, model, out_dir: Path) -> None: ...
     def load(self, base_model, in_dir: Path, cfg) -> torch.nn.Module: ...
     def merge(self, model) -> torch.nn.Module: ...
@@ -64,5 +69,23 @@ def count_trainable(model) -> tuple[int, int]:
     return trainable, total
 
 
-__all__ = ["Method", "trainable_state", "load_trainable_state", "save_tensors", "load_tensors",
-           "count_trainable", "atomic_write_bytes"]
+def block_index(name: str) -> int | None:
+    """The transformer-block number in a parameter/module name (``model.layers.3.mlp`` -> 3)."""
+    m = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def block_linears(model) -> list[tuple[str, torch.nn.Linear]]:
+    """Every ``nn.Linear`` inside a transformer block (attention and MLP projections), by name."""
+    return [(n, m) for n, m in model.named_modules()
+            if type(m) is torch.nn.Linear and block_index(n + ".") is not None]
+
+
+def not_mergeable(name: str, why: str) -> TunesmithError:
+    """The error ``merge`` raises for a method whose tuned model has no plain-transformers form."""
+    return TunesmithError(f"method '{name}' cannot be merged into a plain model ({why}); "
+                          "export the adapter and load it with the method instead", field="method.name")
+
+
+__all__ = ["Method", "block_index", "block_linears", "not_mergeable", "trainable_state", "load_trainable_state",
+           "save_tensors", "load_tensors", "count_trainable", "atomic_write_bytes"]

@@ -1,20 +1,14 @@
 """Layer freezing: train only the top-k transformer blocks, the final norm and the output head."""
 from __future__ import annotations
 
-import re
-
+from .base import block_index as _block_index
 from .full import Full
-
-
-def _block_index(name: str) -> int | None:
-    m = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
 
 
 class Freeze(Full):
     name = "freeze"
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, calibration=None):
         n_layers = 1 + max((i for n, _ in model.named_parameters() if (i := _block_index(n)) is not None),
                            default=-1)
         first_trained = max(n_layers - cfg.top_k_layers, 0)

@@ -11,7 +11,7 @@ class Full:
     mergeable = True
     has_adapter = False
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, calibration=None):
         for p in model.parameters():
             p.requires_grad_(True)
         return model

@@ -1,9 +1,9 @@
-"""LoRA through peft: low-rank updates on the attention and MLP projections, mergeable."""
+"""LoRA through peft (and its DoRA / rsLoRA variants): low-rank updates on the projections, mergeable."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
+
+from .peft_method import PeftMethod
 
 # Linear projections by architecture family; `auto` picks every one present in the model.
 _PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -22,24 +22,30 @@ def target_modules(model, requested) -> list[str]:
     return found
 
 
-class LoRA:
+class LoRA(PeftMethod):
+    """Plain LoRA: ``W + (alpha / r) * B @ A`` with ``B`` starting at zero."""
+
     name = "lora"
-    mergeable = True
-    has_adapter = True
+    use_dora = False      # DoRA: also learn a per-output-channel magnitude of the adapted weight
+    use_rslora = False    # rsLoRA: scale alpha / sqrt(r), stable across ranks
 
-    def apply(self, model, cfg):
-        from peft import LoraConfig, get_peft_model
-        config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                            target_modules=target_modules(model, cfg.target_modules),
-                            bias="none", task_type="CAUSAL_LM")
-        return get_peft_model(model, config)
+    def peft_config(self, model, cfg):
+        from peft import LoraConfig
+        return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=target_modules(model, cfg.target_modules),
+                          use_dora=self.use_dora, use_rslora=self.use_rslora,
+                          bias="none", task_type="CAUSAL_LM")
 
-    def save(self, model, out_dir: Path) -> None:
-        model.save_pretrained(out_dir, safe_serialization=True)
 
-    def load(self, base_model, in_dir: Path, cfg):
-        from peft import PeftModel
-        return PeftModel.from_pretrained(base_model, in_dir, is_trainable=False)
+class DoRA(LoRA):
+    """Weight-decomposed LoRA: LoRA on the direction plus a trained magnitude vector per layer."""
 
-    def merge(self, model):
-        return model.merge_and_unload()
+    name = "dora"
+    use_dora = True
+
+
+class RsLoRA(LoRA):
+    """Rank-stabilised LoRA: the update is scaled by alpha / sqrt(r) instead of alpha / r."""
+
+    name = "rslora"
+    use_rslora = True

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..data.tokenize import IGNORE, Tokenized, batches, collate
+from ..data.tokenize import batches
 from . import checkpoint
 from .checkpoint import LoopState
 from .progress import TrainProgress
@@ -58,13 +58,20 @@ def _param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _collate_of(objective):
+    fn = getattr(objective, "collate", None)
+    if fn is None:
+        from ..data.tokenize import collate as fn
+    return fn
+
+
 @torch.inference_mode()
-def evaluate_loss(model, seqs: list[Tokenized], objective, *, batch_size: int, pad_id: int,
-                  device=None) -> dict:
-    """Token-averaged loss and perplexity of ``objective`` over ``seqs``."""
+def evaluate_loss(model, seqs: list, objective, *, batch_size: int, pad_id: int, device=None) -> dict:
+    """Loss (averaged over the objective's loss units) and perplexity of ``objective`` over ``seqs``."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, extra = 0.0, 0, {}
+    collate = _collate_of(objective)
     for idx in batches(seqs, batch_size, seed=0, shuffle=False):
         batch = collate([seqs[i] for i in idx], pad_id)
         if device is not None:
@@ -72,9 +79,13 @@ def evaluate_loss(model, seqs: list[Tokenized], objective, *, batch_size: int, p
         out = objective(model, batch)
         total += float(out.loss_sum)
         count += out.count
+        for k, v in (getattr(out, "metrics", None) or {}).items():
+            extra[k] = extra.get(k, 0.0) + float(v)
     model.train(was_training)
     loss = total / max(count, 1)
-    return {"val_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+    # objective-specific sums (e.g. reward accuracy) become means over the loss units
+    return {"val_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count,
+            **{k: v / max(count, 1) for k, v in extra.items()}}
 
 
 def plan_micro_batches(n_seqs: int, cfg, seqs) -> list[list[int]]:
@@ -92,11 +103,13 @@ def plan_micro_batches(n_seqs: int, cfg, seqs) -> list[list[int]]:
     return plan
 
 
-def train(model, train_seqs: list[Tokenized], val_seqs: list[Tokenized], objective: Callable, cfg,
+def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
           run_dir: Path, *, pad_id: int, resume: bool = False, on_step: Callable | None = None,
           stop_after: int | None = None) -> TrainResult:
     """Train ``model`` in place with ``objective(model, batch) -> LossOutput``.
 
+    The objective's ``collate(items, pad_id)`` (default: SFT token batches) builds batches; each
+    carries ``n_loss`` so the loss is normalised exactly over a whole accumulated step.
     Writes ``metrics.jsonl`` and ``checkpoints/`` under ``run_dir``. With ``resume`` the newest
     checkpoint is restored and the run continues where it stopped, on the same batches.
     ``stop_after`` ends the call after that many optimizer steps (used to test interruption).
@@ -111,6 +124,7 @@ def train(model, train_seqs: list[Tokenized], val_seqs: list[Tokenized], objecti
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
+    collate = _collate_of(objective)
     plan = plan_micro_batches(len(train_seqs), cfg, train_seqs)
     total_steps = math.ceil(len(plan) / cfg.grad_accum)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
@@ -138,7 +152,7 @@ def train(model, train_seqs: list[Tokenized], val_seqs: list[Tokenized], objecti
                 t0 = time.perf_counter()
                 chunk = plan[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
                 mbs = [collate([train_seqs[i] for i in idx], pad_id) for idx in chunk]
-                n_trained = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in mbs)
+                n_trained = sum(b["n_loss"] for b in mbs)
                 step_loss = 0.0
                 for j, b in enumerate(mbs):
                     b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}

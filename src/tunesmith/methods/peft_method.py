@@ -1,0 +1,41 @@
+"""Shared plumbing of the peft-backed methods: wrap with a peft config, save/load the adapter, merge."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import not_mergeable
+
+
+class PeftMethod:
+    """A method whose adapter is a peft ``PeftConfig``; subclasses implement ``peft_config``.
+
+    ``save`` writes peft's ``adapter_model.safetensors`` + ``adapter_config.json``; ``load``
+    attaches them to a fresh base (frozen, for inference); ``merge`` is peft's
+    ``merge_and_unload`` for mergeable methods and a clear error otherwise.
+    """
+
+    name = "peft"
+    mergeable = True
+    has_adapter = True
+    why_not_mergeable = ""
+
+    def peft_config(self, model, cfg):
+        raise NotImplementedError
+
+    def apply(self, model, cfg, calibration=None) -> torch.nn.Module:
+        from peft import get_peft_model
+        return get_peft_model(model, self.peft_config(model, cfg))
+
+    def save(self, model, out_dir: Path) -> None:
+        model.save_pretrained(out_dir, safe_serialization=True)
+
+    def load(self, base_model, in_dir: Path, cfg) -> torch.nn.Module:
+        from peft import PeftModel
+        return PeftModel.from_pretrained(base_model, in_dir, is_trainable=False)
+
+    def merge(self, model) -> torch.nn.Module:
+        if not self.mergeable:
+            raise not_mergeable(self.name, self.why_not_mergeable)
+        return model.merge_and_unload()

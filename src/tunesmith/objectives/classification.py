@@ -1,0 +1,315 @@
+"""Sequence classification with a new linear head on a causal LM's last prompt token (feature extraction or LoRA)."""
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import TunesmithError
+from .sft import LossOutput, core_model, is_prompt_learning
+
+HEAD_NAME = "tunesmith_cls_head"
+"""Attribute name of the head on the core transformers model (a plain submodule, no subclassing)."""
+
+HEAD_FILE, HEAD_META = "cls_head.safetensors", "cls_head.json"
+
+
+@dataclass
+class ClsItem:
+    """One classification example: the tokens of its prompt and the index of its label."""
+
+    input_ids: list[int]
+    label: int
+    truncated: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+def hidden_size(model) -> int:
+    """Width of the decoder's final hidden states."""
+    core = core_model(model)
+    cfg = core.config.get_text_config(decoder=True) if hasattr(core.config, "get_text_config") else core.config
+    size = getattr(cfg, "hidden_size", None)
+    return int(size) if size else int(core.get_input_embeddings().embedding_dim)
+
+
+class ClassificationObjective:
+    """Cross-entropy of a new ``nn.Linear(hidden, n_labels)`` head over last-token pooled states.
+
+    The prompt (system/user turns rendered with the chat template and the assistant generation
+    prompt) is left-truncated to ``data.max_length`` so its last token, where the model would
+    start answering, is always kept; that token's final hidden state is the pooled feature.
+
+    The head is a submodule of the core transformers model (``attach``), so every method wraps
+    and checkpoints it like any other weight. Methods freeze what they do not train (freeze
+    with ``top_k_layers=0`` freezes all blocks; peft LoRA freezes all non-LoRA weights), so
+    ``after_method(model)`` must run after ``method.apply`` and before the optimizer is built to
+    make the head trainable again; ``__call__`` warns once if it finds the head frozen in training.
+
+    Reload: ``models.load`` -> ``attach`` -> ``method.load`` -> ``load_extra`` (the pipeline's order).
+    """
+
+    name = "classification"
+    mergeable = False   # transformers cannot load the head from a plain CausalLM directory
+
+    def __init__(self, labels: Sequence[str] | None = None, *, data_cfg=None, seed: int = 0,
+                 max_length: int = 512):
+        self.labels: list[str] | None = list(labels) if labels is not None else None
+        self.data_cfg = data_cfg
+        self.seed = seed
+        self.max_length = max_length
+        self._warned_frozen = False
+
+    @classmethod
+    def from_recipe(cls, recipe) -> "ClassificationObjective":
+        return cls(data_cfg=recipe.data, seed=recipe.train.seed, max_length=recipe.data.max_length)
+
+    # ---- data ----------------------------------------------------------------------------------
+    def prompt_ids(self, tokenizer, messages: list[dict]) -> tuple[list[int], bool]:
+        """Tokens of ``messages`` plus the generation prompt, left-truncated; and whether truncated."""
+        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return (ids[-self.max_length:], True) if len(ids) > self.max_length else (ids, False)
+
+    def _messages(self, example) -> list[dict]:
+        if example.messages:
+            return example.prompt_messages
+        return [{"role": "user", "content": example.text or ""}]
+
+    def build(self, splits: dict, tokenizer, recipe) -> tuple[dict, dict]:
+        """Label set = sorted labels of all splits (the held-out splits only use training labels)."""
+        self.max_length = recipe.data.max_length
+        self.data_cfg = recipe.data
+        found = sorted({ex.label for exs in splits.values() for ex in exs if ex.label is not None})
+        if len(found) < 2:
+            raise TunesmithError(f"classification needs labelled data with at least two labels; found "
+                                 f"{found or 'none'} (use data.format: labelled)", field="objective.name")
+        if self.labels is not None and self.labels != found:
+            raise TunesmithError(f"the data's labels {found} differ from the head's labels {self.labels}",
+                                 field="data.labels")
+        self.labels = found
+        index = {label: i for i, label in enumerate(found)}
+        items, stats = {}, {}
+        for name, examples in splits.items():
+            kept: list[ClsItem] = []
+            for ex in examples:
+                if ex.label is None:
+                    continue
+                ids, cut = self.prompt_ids(tokenizer, self._messages(ex))
+                kept.append(ClsItem(ids, index[ex.label], cut))
+            items[name] = kept
+            stats[name] = {"examples": len(examples), "kept": len(kept),
+                           "truncated": sum(i.truncated for i in kept),
+                           "dropped_no_label": len(examples) - len(kept),
+                           "tokens": sum(i.length for i in kept), "trained_tokens": len(kept)}
+        return items, stats
+
+    @staticmethod
+    def collate(items: list[ClsItem], pad_id: int) -> dict:
+        """Right-padded ``input_ids``/``attention_mask`` and the label indices; one loss unit per row."""
+        width = max(i.length for i in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for r, item in enumerate(items):
+            ids[r, :item.length] = torch.tensor(item.input_ids)
+            mask[r, :item.length] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.tensor([i.label for i in items], dtype=torch.long),
+                "n_tokens": sum(i.length for i in items), "n_loss": len(items)}
+
+    # ---- architecture --------------------------------------------------------------------------
+    def attach(self, model, tokenizer=None, recipe=None):
+        """Add a fresh head (normal std 0.02, seeded; zero bias) to the core model, in place."""
+        if self.labels is None:
+            raise TunesmithError("the classification head needs its labels: build the data first",
+                                 field="objective.name")
+        core = core_model(model)
+        seed = recipe.train.seed if recipe is not None else self.seed
+        ref = next(core.parameters())
+        head = torch.nn.Linear(hidden_size(core), len(self.labels))
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.02)
+            head.bias.zero_()
+        core.add_module(HEAD_NAME, head.to(device=ref.device, dtype=torch.float32))
+        return model
+
+    def after_method(self, model):
+        """Make the head trainable again after the method froze the rest (see the class docs).
+
+        The LM output projection is never used by this objective, so it is frozen too (no
+        optimizer state, honest trainable counts) unless it is tied to the input embeddings.
+        """
+        core = core_model(model)
+        out, inp = core.get_output_embeddings(), core.get_input_embeddings()
+        if out is not None and inp is not None and out.weight is not inp.weight:
+            out.requires_grad_(False)
+        self.head(model).requires_grad_(True)
+        return model
+
+    def head(self, model) -> torch.nn.Linear:
+        head = getattr(core_model(model), HEAD_NAME, None)
+        if head is None:
+            raise TunesmithError("the model has no classification head; call attach() or load_extra() first",
+                                 field="objective.name")
+        return head
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def logits(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Head logits (float32) at the last non-pad token of each right-padded row."""
+        n = input_ids.shape[1]
+        if is_prompt_learning(model):    # the peft wrapper prepends virtual tokens / prefixes itself
+            out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                        use_cache=False)
+            hidden = out.hidden_states[-1][:, -n:]
+        else:
+            backbone = core_model(model).get_decoder()
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=False).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        head = self.head(model)
+        return head(pooled.to(head.weight.dtype)).float()
+
+    def __call__(self, model, batch: dict) -> LossOutput:
+        head = self.head(model)
+        if model.training and torch.is_grad_enabled() and not head.weight.requires_grad \
+                and not self._warned_frozen:
+            self._warned_frozen = True
+            warnings.warn("the classification head is frozen while training: run "
+                          "objective.after_method(model) after the method is applied", RuntimeWarning,
+                          stacklevel=2)
+        logits = self.logits(model, batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        correct = int((logits.argmax(dim=-1) == labels).sum())
+        return LossOutput(loss, int(labels.shape[0]), {"correct": correct})
+
+    # ---- weights -------------------------------------------------------------------------------
+    def save_extra(self, model, out_dir: Path) -> None:
+        """Write ``cls_head.safetensors`` and ``cls_head.json`` (labels, hidden size)."""
+        from ..fsutil import atomic_write_json
+        from ..methods.base import save_tensors
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        head = self.head(model)
+        save_tensors({"weight": head.weight, "bias": head.bias}, out_dir / HEAD_FILE, {"objective": self.name})
+        atomic_write_json(out_dir / HEAD_META, {"labels": self.labels, "hidden_size": head.in_features,
+                                                "pooling": "last_token", "max_length": self.max_length})
+
+    def load_extra(self, model, in_dir: Path):
+        """Attach (if needed) and load the saved head, checking labels and shapes."""
+        from ..methods.base import load_tensors
+        in_dir = Path(in_dir)
+        meta_path, weights_path = in_dir / HEAD_META, in_dir / HEAD_FILE
+        if not (meta_path.is_file() and weights_path.is_file()):
+            raise TunesmithError(f"no classification head here; expected {HEAD_FILE} and {HEAD_META}",
+                                 file=str(in_dir))
+        meta = json.loads(meta_path.read_text())
+        labels, width = list(meta["labels"]), int(meta["hidden_size"])
+        state = load_tensors(weights_path)
+        problem = None
+        if self.labels is not None and self.labels != labels:
+            problem = f"saved labels {labels} differ from the data's labels {self.labels}"
+        elif width != hidden_size(model):
+            problem = f"saved head expects hidden size {width}, the model has {hidden_size(model)}"
+        elif tuple(state["weight"].shape) != (len(labels), width) or tuple(state["bias"].shape) != (len(labels),):
+            problem = f"saved head has shape {tuple(state['weight'].shape)}, expected {(len(labels), width)}"
+        if problem:
+            raise TunesmithError(f"cannot load the classification head: {problem}", file=str(weights_path))
+        self.labels = labels
+        self.max_length = int(meta.get("max_length", self.max_length))
+        core = core_model(model)
+        existing = getattr(core, HEAD_NAME, None)
+        if existing is None or tuple(existing.weight.shape) != (len(labels), width):
+            self.attach(model)
+        head = self.head(model)
+        with torch.no_grad():
+            head.weight.copy_(state["weight"])
+            head.bias.copy_(state["bias"])
+        return model
+
+    # ---- inference -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, model, tokenizer, prompts: list[list[dict]], batch_size: int = 16,
+                      targets: list[int] | None = None) -> tuple[torch.Tensor, float]:
+        """Softmax over the labels for each chat prompt (input order), and the summed loss on ``targets``."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        items = [ClsItem(self.prompt_ids(tokenizer, p)[0], targets[i] if targets else 0)
+                 for i, p in enumerate(prompts)]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        out, loss = [], 0.0
+        try:
+            for start in range(0, len(items), batch_size):
+                batch = self.collate(items[start:start + batch_size], pad)
+                logits = self.logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                out.append(logits.softmax(dim=-1).cpu())
+                loss += float(F.cross_entropy(logits, batch["labels"].to(device), reduction="sum"))
+        finally:
+            model.train(was_training)
+        probs = torch.cat(out) if out else torch.zeros((0, len(self.labels or [])))
+        return probs, loss
+
+    def _as_messages(self, x) -> list[dict]:
+        if isinstance(x, str):
+            if self.data_cfg is None:
+                return [{"role": "user", "content": x}]
+            from ..data.formats import labelled_prompt
+            msgs = [{"role": "user", "content": labelled_prompt(self.data_cfg, x, self.labels or [])}]
+            if self.data_cfg.system_prompt:
+                msgs.insert(0, {"role": "system", "content": self.data_cfg.system_prompt})
+            return msgs
+        if hasattr(x, "prompt_messages"):
+            return self._messages(x)
+        return list(x)
+
+    def predict(self, model, tokenizer, inputs: Sequence, batch_size: int = 16) -> list[dict]:
+        """``[{"label", "probabilities": {label: p}}]`` for raw texts (wrapped in the recipe's labelled
+        prompt when known), chat prompts (lists of messages) or ``Example``s."""
+        probs, _ = self.probabilities(model, tokenizer, [self._as_messages(x) for x in inputs], batch_size)
+        return [{"label": self.labels[int(row.argmax())],
+                 "probabilities": {lb: float(p) for lb, p in zip(self.labels, row)}} for row in probs]
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, model, tokenizer, examples: list, items: list, recipe, which: str = "tuned") -> dict:
+        """Tuned: the head's probabilities; base (no trained head): zero-shot answers by generation.
+
+        Both sides score the same labelled test examples with accuracy and macro P/R/F1 and put
+        the confusion matrix in ``label_details``.
+        """
+        from ..eval.metrics import label_metrics
+        labelled = [ex for ex in examples if ex.label is not None]
+        prompts = [self._messages(ex) for ex in labelled]
+        refs = [ex.label for ex in labelled]
+        result: dict = {"metrics": {}, "predictions": [], "label_details": None, "loss": {}}
+        if not labelled:
+            return result
+        if which == "base":
+            from ..eval.generate import generate
+            answers = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens,
+                               batch_size=recipe.eval.batch_size)
+            preds = [{"prediction": a} for a in answers]
+        else:
+            index = {lb: i for i, lb in enumerate(self.labels)}
+            probs, loss = self.probabilities(model, tokenizer, prompts, recipe.eval.batch_size,
+                                             targets=[index[r] for r in refs])
+            result["loss"] = {"val_loss": loss / len(labelled)}
+            preds = [{"prediction": self.labels[int(row.argmax())],
+                      "probabilities": {lb: float(p) for lb, p in zip(self.labels, row)}} for row in probs]
+        details = label_metrics([p["prediction"] for p in preds], refs, self.labels)
+        result["metrics"] = {k: details[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")}
+        result["label_details"] = details
+        result["predictions"] = [{"prompt": ex.prompt_messages or prompt, "reference": ref, **pred}
+                                 for ex, prompt, ref, pred in zip(labelled, prompts, refs, preds)]
+        return result
+
+
+__all__ = ["ClassificationObjective", "ClsItem", "HEAD_NAME", "hidden_size"]

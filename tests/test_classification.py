@@ -1,0 +1,234 @@
+"""Classification objective: a new head on the tiny causal LM, feature extraction vs LoRA, save/load, eval, CLI."""
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from conftest import sentiment_rows
+from tiny import make_model
+from tunesmith import methods, objectives
+from tunesmith.config import load_recipe
+from tunesmith.data.example import Example
+from tunesmith.data.prepare import build_splits
+from tunesmith.errors import TunesmithError
+from tunesmith.objectives.classification import HEAD_NAME, ClassificationObjective
+from tunesmith.train.loop import train
+
+
+def make_recipe(tmp_path, n_rows=80, **method):
+    path = tmp_path / f"sentiment-{n_rows}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(n_rows)))
+    return load_recipe({
+        "name": "cls", "task": "classification", "output_dir": str(tmp_path / "runs"),
+        "data": {"train": str(path), "format": "labelled", "labels": {"0": "negative", "1": "positive"},
+                 "instruction": "Is this positive or negative?", "max_length": 64,
+                 "clean": {"near_dedup": False}},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "top_k_layers": 0, **method},
+        "objective": {"name": "classification"},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "eval_every": 10, "save_every": 1000,
+                  "device": "cpu", "early_stopping_patience": None},
+        "eval": {"batch_size": 8, "max_new_tokens": 4}})
+
+
+def prepared(tmp_path, tokenizer, n_rows=80, **method):
+    """(recipe, splits, objective, items, model with the head and the method applied)."""
+    recipe = make_recipe(tmp_path, n_rows, **method)
+    splits, _ = build_splits(recipe)
+    obj = objectives.from_recipe(recipe)
+    items, _ = obj.build(splits, tokenizer, recipe)
+    model = obj.attach(make_model(tokenizer), tokenizer, recipe)
+    model = methods.get(recipe.method.name).apply(model, recipe.method)
+    return recipe, splits, obj, items, obj.after_method(model)
+
+
+def fit(model, obj, items, recipe, tmp_path, tokenizer):
+    return train(model, items["train"], items["validation"], obj, recipe.train, tmp_path / "run",
+                 pad_id=tokenizer.pad_token_id)
+
+
+def labelled(text, label):
+    return Example(messages=[{"role": "user", "content": text}, {"role": "assistant", "content": label}],
+                   text=text, label=label)
+
+
+def test_registry_builds_prompt_items_and_batches(tmp_path, tokenizer):
+    recipe = make_recipe(tmp_path)
+    obj = objectives.from_recipe(recipe)
+    assert isinstance(obj, ClassificationObjective) and obj.mergeable is False
+    splits = {"train": [labelled("so great", "positive"), labelled("so cold", "negative")],
+              "test": [labelled("quick", "positive")]}
+    items, stats = obj.build(splits, tokenizer, recipe)
+    assert obj.labels == ["negative", "positive"]
+    assert [i.label for i in items["train"]] == [1, 0]
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "so great"}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert items["train"][0].input_ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert "positive" not in tokenizer.decode(items["train"][0].input_ids)   # the answer is not an input
+    batch = obj.collate(items["train"], tokenizer.pad_token_id)
+    width = max(i.length for i in items["train"])
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, width)
+    assert batch["labels"].tolist() == [1, 0] and batch["n_loss"] == 2
+    assert batch["n_tokens"] == int(batch["attention_mask"].sum()) == stats["train"]["tokens"]
+    with pytest.raises(TunesmithError, match="at least two labels"):
+        ClassificationObjective().build({"train": [labelled("x", "positive")]}, tokenizer, recipe)
+
+
+def test_left_truncation_keeps_the_last_token(tmp_path, tokenizer):
+    recipe = make_recipe(tmp_path).model_copy(deep=True)
+    recipe.data.max_length = 16
+    obj = ClassificationObjective.from_recipe(recipe)
+    long_text = " ".join(["the movie was wonderful"] * 20)
+    items, stats = obj.build({"train": [labelled(long_text, "positive"), labelled("cold", "negative")]},
+                             tokenizer, recipe)
+    full = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": long_text}], tokenize=False,
+                                                   add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert len(full) > 16
+    assert items["train"][0].input_ids == full[-16:]
+    assert tokenizer.decode(items["train"][0].input_ids).endswith("<|im_start|>assistant\n")
+    assert stats["train"]["truncated"] == 1
+
+
+def test_feature_extraction_trains_only_the_head(tmp_path, tokenizer):
+    recipe, _, obj, items, model = prepared(tmp_path, tokenizer, name="freeze")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    # freeze with top_k_layers=0 keeps its documented final norm; the unused (untied) LM head is frozen
+    assert trainable == {f"{HEAD_NAME}.weight", f"{HEAD_NAME}.bias", "model.norm.weight"}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = fit(model, obj, items, recipe, tmp_path, tokenizer)
+    assert result.best_val_loss < math.log(2) - 0.05          # the probe learns something on random features
+    for n, p in model.named_parameters():
+        if n.startswith(HEAD_NAME):
+            assert not torch.equal(before[n], p), n
+        elif n != "model.norm.weight":
+            assert torch.equal(before[n], p), f"base weight {n} changed"
+
+
+def test_a_frozen_head_is_reported(tmp_path, tokenizer):
+    recipe = make_recipe(tmp_path, name="freeze")
+    splits, _ = build_splits(recipe)
+    obj = objectives.from_recipe(recipe)
+    items, _ = obj.build(splits, tokenizer, recipe)
+    model = methods.get("freeze").apply(obj.attach(make_model(tokenizer), tokenizer, recipe), recipe.method)
+    assert not obj.head(model).weight.requires_grad       # what after_method exists to undo
+    model.train()
+    with pytest.warns(RuntimeWarning, match="after_method"):
+        obj(model, obj.collate(items["train"][:2], tokenizer.pad_token_id))
+
+
+@pytest.fixture(scope="module")
+def lora_trained(tmp_path_factory, tokenizer):
+    tmp_path = tmp_path_factory.mktemp("lora-cls")
+    recipe, splits, obj, items, model = prepared(tmp_path, tokenizer, n_rows=240, name="lora")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, obj, items, recipe, tmp_path, tokenizer)
+    return recipe, splits, obj, model, before, tmp_path
+
+
+def test_lora_trains_adapters_and_head_and_learns_the_task(lora_trained, tokenizer):
+    recipe, splits, obj, model, before, _ = lora_trained
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert {f"base_model.model.{HEAD_NAME}.weight", f"base_model.model.{HEAD_NAME}.bias"} <= changed
+    assert any("lora_B" in n for n in changed) and any("lora_A" in n for n in changed)
+    assert all("lora_" in n or HEAD_NAME in n for n in changed), changed
+    result = obj.evaluate(model, tokenizer, splits["test"], [], recipe, which="tuned")
+    assert len(result["predictions"]) == len(splits["test"]) >= 40
+    assert result["metrics"]["accuracy"] >= 0.9 and result["metrics"]["macro_f1"] >= 0.9
+    assert result["loss"]["val_loss"] < 0.3
+    details = result["label_details"]
+    assert details["labels"] == ["negative", "positive"]
+    assert sum(map(sum, details["confusion"])) == len(splits["test"])
+    first = result["predictions"][0]
+    assert first["prompt"][-1]["role"] == "user" and first["prediction"] in obj.labels
+    assert first["prediction"] == max(first["probabilities"], key=first["probabilities"].get)
+
+
+def test_predictions_are_probability_distributions(lora_trained, tokenizer):
+    _, splits, obj, model, _, _ = lora_trained
+    raw = ["the movie was wonderful great", "the food was cold bland"]
+    out = obj.predict(model, tokenizer, raw + [splits["test"][0].prompt_messages, splits["test"][1]])
+    for row in out:
+        assert set(row["probabilities"]) == {"negative", "positive"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+    assert [r["label"] for r in out[:2]] == ["positive", "negative"]   # raw text gets the recipe's prompt
+    assert [r["label"] for r in out[2:]] == [splits["test"][0].label, splits["test"][1].label]
+
+
+def test_save_and_load_round_trip_gives_identical_probabilities(lora_trained, tokenizer):
+    recipe, splits, obj, model, _, tmp_path = lora_trained
+    out = tmp_path / "saved"
+    method = methods.get("lora")
+    method.save(model, out)
+    obj.save_extra(model, out)
+    meta = json.loads((out / "cls_head.json").read_text())
+    assert meta["labels"] == ["negative", "positive"] and meta["hidden_size"] == 64
+    fresh_obj = ClassificationObjective.from_recipe(recipe)
+    fresh = method.load(make_model(tokenizer), out, recipe.method)   # no head yet: load_extra attaches it
+    fresh = fresh_obj.load_extra(fresh, out)
+    prompts = [ex.prompt_messages for ex in splits["test"][:12]]
+    want, _ = obj.probabilities(model, tokenizer, prompts)
+    got, _ = fresh_obj.probabilities(fresh, tokenizer, prompts)
+    assert torch.equal(want, got)
+    # mismatches fail with one clear error
+    with pytest.raises(TunesmithError, match="saved labels"):
+        ClassificationObjective(["a", "b", "c"]).load_extra(make_model(tokenizer), out)
+    with pytest.raises(TunesmithError, match="no classification head"):
+        ClassificationObjective().load_extra(make_model(tokenizer), tmp_path / "nowhere")
+
+
+def test_base_is_evaluated_zero_shot_by_generation(tmp_path, tokenizer):
+    recipe = make_recipe(tmp_path)
+    splits, _ = build_splits(recipe)
+    obj = objectives.from_recipe(recipe)
+    obj.build(splits, tokenizer, recipe)
+    test = splits["test"][:6]
+    result = obj.evaluate(make_model(tokenizer), tokenizer, test, [], recipe, which="base")
+    assert set(result["metrics"]) == {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
+    assert [p["reference"] for p in result["predictions"]] == [ex.label for ex in test]
+    assert all(isinstance(p["prediction"], str) and "probabilities" not in p for p in result["predictions"])
+    assert result["loss"] == {} and sum(map(sum, result["label_details"]["confusion"])) == len(test)
+
+
+def test_prompt_tuning_wrapper_path_trains_prompt_and_head(tmp_path, tokenizer):
+    from peft import PromptTuningConfig, get_peft_model
+    recipe = make_recipe(tmp_path)
+    splits, _ = build_splits(recipe)
+    obj = objectives.from_recipe(recipe)
+    items, _ = obj.build(splits, tokenizer, recipe)
+    model = obj.attach(make_model(tokenizer), tokenizer, recipe)
+    model = obj.after_method(get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)))
+    model.train()
+    batch = obj.collate(items["train"][:4], tokenizer.pad_token_id)
+    out = obj(model, batch)
+    out.loss_sum.backward()
+    assert out.count == 4 and 0 <= out.metrics["correct"] <= 4
+    assert obj.head(model).weight.grad is not None
+    assert model.prompt_encoder["default"].embedding.weight.grad.abs().sum() > 0
+
+
+def test_cli_run_with_a_classification_head(recipe_file, tmp_path, tokenizer):
+    from safetensors.torch import load_file
+    from tunesmith.cli import main
+    recipe = recipe_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["run", str(recipe), "objective.name=classification", "method.name=freeze",
+                     "method.top_k_layers=0", "train.lr=5e-2"]) == 0
+    run = tmp_path / "runs" / "tiny-001"
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert {"accuracy", "macro_f1"} <= summary["tuned"]["metrics"].keys()
+    assert {"accuracy", "macro_f1"} <= summary["base"]["metrics"].keys()     # zero-shot by generation
+    assert summary["tuned"]["loss"]["val_loss"] < math.log(2)
+    tuned = json.loads((run / "eval" / "tuned.json").read_text())
+    assert all(sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5) for p in tuned["predictions"])
+    adapter = run / "export" / "adapter"
+    for rel in ["tuned_weights.safetensors", "cls_head.safetensors", "cls_head.json"]:
+        assert (adapter / rel).is_file(), rel
+    assert not (run / "export" / "merged").exists()          # transformers could not load the head
+    # the head trained: it differs from the seeded initial head
+    initial = ClassificationObjective(["negative", "positive"]).attach(make_model(tokenizer), None, None)
+    saved = load_file(str(run / "model" / "cls_head.safetensors"))
+    assert not torch.equal(saved["weight"], getattr(initial, HEAD_NAME).weight.detach())
+
