@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "sentiment" / "recipe.yaml"
 METHODS = ["lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning", "adapter", "freeze", "bitfit",
            "sparse", "full"]
-LR = {"lora": 3e-4, "dora": 3e-4, "rslora": 1e-4, "ia3": 3e-3, "prompt_tuning": 3e-2, "prefix_tuning": 1e-2,
-      "adapter": 1e-3, "freeze": 1e-4, "bitfit": 1e-3, "sparse": 1e-4, "full": 2e-5}
+LR = {"lora": 1e-3, "dora": 1e-3, "rslora": 2.5e-4, "ia3": 1e-2, "prompt_tuning": 3e-2, "prefix_tuning": 1e-2,
+      "adapter": 2e-3, "freeze": 3e-4, "bitfit": 3e-3, "sparse": 3e-4, "full": 5e-5}
 
 
 def dir_size(path: Path) -> int:
@@ -47,13 +46,15 @@ def run_one(method: str, args, out_root: Path) -> dict:
                  "export.adapter=false", "export.check_parity=false", "train.eval_every=1000",
                  "train.save_every=1000", "train.early_stopping_patience=null"]
     cmd = [sys.executable, "-m", "tunesmith.cli", "run", str(RECIPE), *overrides]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = out_root / f"{method}.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)      # this child's own peak RSS (KiB on Linux)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if proc.returncode != 0:
-        return {"method": method, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {"method": method, "error": log.read_text().strip().splitlines()[-1:]}
     run = next((out_root / method).glob("sentiment-*"))
     train = json.loads((run / "train.json").read_text())
     summary = json.loads((run / "eval" / "summary.json").read_text())
@@ -61,8 +62,7 @@ def run_one(method: str, args, out_root: Path) -> dict:
     return {"method": method, "lr": LR[method],
             "trainable_params": train["trainable_parameters"],
             "trainable_pct": 100 * train["trainable_parameters"] / train["total_parameters"],
-            # children's ru_maxrss is the max over all children so far: report it only when it grew
-            "peak_rss_mb": round(peak / 1024) if peak > before else None,
+            "peak_rss_mb": round(usage.ru_maxrss / 1024),
             "tokens_per_s": round(train["tokens_per_s"], 1), "train_wall_s": round(train["wall_s"], 1),
             "accuracy": round(tuned.get("accuracy", float("nan")), 4),
             "macro_f1": round(tuned.get("macro_f1", float("nan")), 4),

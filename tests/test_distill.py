@@ -249,6 +249,8 @@ def test_distill_run_end_to_end(recipe_file, deep_model_dir, tmp_path, method, k
     d = json.loads((run / "eval" / "tuned.json").read_text())["distillation"]
     assert d["student"]["parameters"] < d["teacher"]["parameters"] and d["student"]["tokens_per_s"] > 0
     assert (run / "model" / "distill_projection.safetensors").is_file()
+    report = (run / "report.md").read_text()
+    assert "## Teacher vs student" in report and "| student | " in report
     merged = run / "export" / "merged"
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     assert model.config.num_hidden_layers == 2

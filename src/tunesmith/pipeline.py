@@ -151,11 +151,11 @@ def _evaluate(session: _Session, model, title: str, which: str) -> dict:
                                  if k in ("val_loss", "perplexity")})
         combined["predictions"] += [{**p, "task": name} for p in res["predictions"]]
     if seqs:
-        combined["loss"].update(evaluate_loss_all(session, model, seqs))
+        combined["loss"].update(_loss_all(session, model, seqs))
     return combined
 
 
-def evaluate_loss_all(session: _Session, model, seqs) -> dict:
+def _loss_all(session: _Session, model, seqs) -> dict:
     from .train.loop import evaluate_loss
     out = evaluate_loss(model, seqs, session.objective, batch_size=session.run.recipe.train.batch_size,
                         pad_id=session.tokenizer.pad_token_id, device=next(model.parameters()).device)
@@ -201,7 +201,7 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
     result = loop_train(model, session.seqs["train"], session.seqs["validation"], session.objective, r.train,
                         run.path, pad_id=session.tokenizer.pad_token_id, resume=resume, stop_after=stop_after)
     info = {**result.__dict__, "trainable_parameters": trainable, "total_parameters": total,
-            "tokens": session.token_stats}
+            "token_stats": session.token_stats}
     atomic_write_json(run.path / "train.json", info)
     session.tuned_model = model
     if stop_after is not None and result.steps < _planned_steps(session):
@@ -272,7 +272,7 @@ def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_
         "loss": {k: v["loss"] for k, v in (("base", base_result), ("tuned", tuned_result)) if v},
         "label_details": {k: v.get("label_details") for k, v in (("base", base_result), ("tuned", tuned_result))
                           if v and v.get("label_details")} or None,
-        "examples": diff["examples"], "flips": diff["flips"],
+        "examples": diff["examples"], "flips": diff["flips"], "distillation": tuned_result.get("distillation"),
         "counts": {**session.manifest["counts"], "evaluated": len(tuned_result["predictions"])},
         "training": {"steps": training.get("steps"), "train_tokens": training.get("tokens"),
                      "tokens_per_s": training.get("tokens_per_s"), "wall_s": training.get("wall_s"),

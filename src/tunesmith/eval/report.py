@@ -181,7 +181,7 @@ def _training_items(results: dict) -> list[tuple[str, str]]:
         ("Optimizer steps", num(t.get("steps"))),
         ("Best step", num(t.get("best_step"))),
         ("Early stopped", _DASH if early is None else ("yes" if early else "no")),
-        ("Trained tokens", num(t.get("train_tokens"))),
+        ("Tokens processed", num(t.get("train_tokens"))),
         ("Throughput", num(t.get("tokens_per_s"), "{:,.0f} tokens/s")),
         ("Wall time", _duration(t.get("wall_s"))),
     ]
@@ -245,6 +245,25 @@ def _md_confusion(side: str, d: dict) -> str:
         _md_table(["label", "precision", "recall", "F1", "support"], per_label)])
 
 
+def _distillation_rows(results: dict) -> list[list[str]]:
+    """Teacher vs student rows (size, layers, speed, task metrics) for distillation runs."""
+    d = results.get("distillation")
+    if not d:
+        return []
+    rows = []
+    for side in ("teacher", "student"):
+        x = d[side]
+        tps = x.get("tokens_per_s")
+        metrics = ", ".join(f"{k} {_fmt(k, v)}" for k, v in (x.get("metrics") or {}).items())
+        loss = (x.get("loss") or {}).get("val_loss")
+        rows.append([side, f"{x['parameters'] / 1e6:.1f}M", str(x["layers"]), f"{tps:.1f}" if tps else _DASH,
+                     _fmt("val_loss", loss), metrics or _DASH])
+    return rows
+
+
+_DISTILL_HEADER = ["model", "parameters", "layers", "tokens/s", "held-out loss", "task metrics"]
+
+
 def _markdown(results: dict, has_plot: bool) -> str:
     mark = {True: "✓", False: "✗"}
     out = [f"# Tunesmith report: {_md_cell(results.get('name', 'run'))}", "",
@@ -252,6 +271,9 @@ def _markdown(results: dict, has_plot: bool) -> str:
            "## Base vs tuned", "",
            _md_table(["metric", "base", "tuned", "delta"], [r[:4] for r in _comparison_rows(results)]),
            ""]
+    if _distillation_rows(results):
+        out += ["## Teacher vs student", "", _md_table(_DISTILL_HEADER, _distillation_rows(results),
+                                                      numeric=False), ""]
     if has_plot:
         out += ["## Loss curve", "", "![Training and validation loss](loss.png)", ""]
     label_details = results.get("label_details") or {}
@@ -333,6 +355,11 @@ def _html(results: dict, png: bytes | None) -> str:
         "<table><thead><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>",
     ]
+    if _distillation_rows(results):
+        head = "".join(f"<th>{_e(h)}</th>" for h in _DISTILL_HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>"
+                       for row in _distillation_rows(results))
+        parts += ["<h2>Teacher vs student</h2>", f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
     if png:
         data = base64.b64encode(png).decode("ascii")
         parts += ["<h2>Loss curve</h2>",
