@@ -4,8 +4,8 @@
 Each method runs the sentiment example (``examples/sentiment/recipe.yaml``) in its own
 subprocess through ``tunesmith run`` with the same seeded sample, the same number of optimizer
 steps and the same held-out examples; only ``method.name`` and its learning rate change (each
-method family has its own usual learning-rate range, listed in ``LR`` below). The base model
-is evaluated once, separately, for reference.
+method family has its own usual learning-rate range, listed in ``LR`` below). The base model is
+not re-evaluated here: the demo's report gives its accuracy on the same task.
 
 Printed (JSON) and, with ``--markdown``, as a table: trainable parameters (% of the model),
 peak RSS of the run, training tokens/s, held-out accuracy and macro F1, and the size on disk of

@@ -66,3 +66,10 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(TunesmithError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_an_empty_mapping_override_clears_a_section(tmp_path):
+    r = load_recipe(write(tmp_path, "data: {train: d.jsonl, where: {source: imdb}}\n"), ["data.where={}"])
+    assert r.data.where == {}
+    r = load_recipe(write(tmp_path, "data: {train: d.jsonl, where: {source: imdb}}\n"), ["data.where={lang: en}"])
+    assert r.data.where == {"source": "imdb", "lang": "en"}

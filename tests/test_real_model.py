@@ -28,7 +28,7 @@ def test_real_model_run_improves_held_out_loss(real_home, tmp_path):
     exported = json.loads((run / "export" / "export.json").read_text())
     assert exported["parity"]["identical"] == exported["parity"]["prompts"]
     html = (run / "report.html").read_text()
-    assert "data:image/png;base64," in html and "accuracy" in html
+    assert "data:image/png;base64," in html and "Accuracy" in html
 
 
 def _reviews(n: int, source: str = "rotten_tomatoes") -> list[dict]:

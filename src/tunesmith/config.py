@@ -211,9 +211,10 @@ def parse_overrides(overrides: list[str] | None) -> dict:
 
 
 def _merge(base: dict, extra: dict) -> dict:
+    """Overrides merge into sections; an empty mapping (``data.where={}``) clears one."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 

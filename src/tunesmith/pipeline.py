@@ -134,13 +134,15 @@ def _evaluate(session: _Session, model, title: str, which: str) -> dict:
 
     Multi-task runs evaluate every task on its own test examples; metrics are keyed ``task/metric``.
     """
-    exs, seqs = session.eval_examples()
     tasks = session.manifest.get("tasks")
     if not tasks:
+        exs, seqs = session.eval_examples()
         return _evaluate_one(session, model, title, which, exs, seqs, session.labels)
     combined: dict = {"loss": {}, "metrics": {}, "predictions": [], "tasks": {}}
+    n = session.run.recipe.eval.max_examples
+    seqs = session.seqs["test"]
     for name, info in tasks.items():
-        subset = [ex for ex in exs if ex.task == name]
+        subset = [ex for ex in session.splits["test"] if ex.task == name][:n]   # the cap applies per task
         if not subset:
             continue
         task_seqs = session.objective.build({"test": subset}, session.tokenizer, session.run.recipe)[0]["test"]
