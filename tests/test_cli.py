@@ -225,3 +225,14 @@ def test_multi_task_mixes_training_and_evaluates_each_task(recipe_file, tmp_path
     assert {"sentiment/val_loss", "arith/val_loss", "val_loss"} <= summary["tuned"]["loss"].keys()
     html = (run / "report.html").read_text()
     assert "arith: Exact match" in html and "sentiment: Exact match" in html
+
+
+def test_run_resume_finishes_an_interrupted_run(recipe_file, tmp_path):
+    from tunesmith import pipeline
+    run = pipeline.prepare(recipe_file())
+    pipeline.train(run, stop_after=7)                 # checkpoint at step 5, interrupted at 7
+    assert main(["run", str(run.path), "--resume"]) == 0
+    summary = json.loads((run.path / "eval" / "summary.json").read_text())
+    assert summary["tuned"]["metrics"] and (run.path / "export" / "merged" / "config.json").is_file()
+    steps = [json.loads(x)["step"] for x in open(run.path / "metrics.jsonl") if '"train"' in x]
+    assert steps == list(range(1, steps[-1] + 1))
