@@ -177,7 +177,6 @@ def _peak_rss_mb() -> float:
 # --------------------------------------------------------------------------------------------
 
 def worker_tunesmith(args) -> dict:
-    import torch
     from tunesmith import methods, models, objectives
     from tunesmith.config import MethodConfig, TrainConfig
     from tunesmith.data.example import Example
