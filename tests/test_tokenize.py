@@ -37,13 +37,24 @@ def test_text_examples_train_every_token_and_end_with_eos(tokenizer):
     assert t.labels == t.input_ids and t.input_ids[-1] == tokenizer.eos_token_id
 
 
-def test_truncation_counts_and_drops_examples_without_trained_tokens(tokenizer):
-    long_prompt = Example(messages=[{"role": "user", "content": "the dog " * 200},
-                                    {"role": "assistant", "content": "Paris."}])
+def test_a_long_prompt_is_shortened_in_the_middle_and_keeps_its_answer(tokenizer):
+    user = "Classify this review. " + "the dog " * 200 + "Answer with one word."
+    long_prompt = Example(messages=[{"role": "user", "content": user}, {"role": "assistant", "content": "Paris."}])
     short = Example(messages=CHAT[1:3])
-    seqs, stats = tokenize_all([long_prompt, short], tokenizer, 32)
-    assert stats["dropped_no_trained_tokens"] == 1 and stats["kept"] == 1
-    assert all(len(s.input_ids) <= 32 for s in seqs)
+    seqs, stats = tokenize_all([long_prompt, short], tokenizer, 48)
+    assert stats == {**stats, "kept": 2, "truncated": 1, "dropped_no_trained_tokens": 0}
+    cut = seqs[0]
+    assert len(cut.input_ids) == 48 and cut.truncated
+    assert trained_text(tokenizer, cut) == "Paris.<|im_end|>"
+    text = tokenizer.decode(cut.input_ids)
+    assert "Classify this review." in text and "Answer with one word." in text   # both ends survive
+
+
+def test_truncation_drops_examples_whose_answer_cannot_fit(tokenizer):
+    huge_system = Example(messages=[{"role": "system", "content": "the dog " * 200},
+                                    {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Paris."}])
+    seqs, stats = tokenize_all([huge_system], tokenizer, 32)
+    assert seqs == [] and stats["dropped_no_trained_tokens"] == 1
 
 
 def test_packing_respects_length_and_boundaries(tokenizer):

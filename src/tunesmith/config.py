@@ -72,7 +72,7 @@ class DataConfig(_Strict):
     system_prompt: str | None = Field(None, description="System message added to every example without one.")
     where: dict[str, str] = Field(default_factory=dict, description="Keep only rows whose column equals the value.")
     max_examples: int | None = Field(None, gt=0, description="Random sample of at most this many rows (seeded).")
-    max_length: int = Field(512, ge=16, le=131072, description="Token limit; longer examples are truncated.")
+    max_length: int = Field(512, ge=16, le=131072, description="Token limit; a longer chat example loses the middle of its last user message (answer kept).")
     packing: bool = Field(False, description="Pack several examples into one sequence of max_length.")
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)

@@ -15,6 +15,7 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     position_ids: list[int] | None = None   # set for packed sequences (restarts at each example)
+    truncated: bool = False                  # whether tokens were cut to fit max_length
 
     @property
     def n_trained(self) -> int:
@@ -60,17 +61,38 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
     return text, spans
 
 
+def _prompt_cut(ex: Example, text: str, spans, offsets, need: int) -> tuple[int, int] | None:
+    """Token range to remove from the middle of the last user message before the first trained
+    reply, so a long prompt is shortened instead of its answer being cut off; None if too short."""
+    first = min(a for a, _ in spans)
+    for m in reversed([m for m in ex.messages if m["role"] == "user"]):
+        start = text.rfind(m["content"], 0, first)
+        if start >= 0:
+            break
+    else:
+        return None
+    end = start + len(m["content"])
+    inside = [j for j, (s, e) in enumerate(offsets) if s >= start and e <= end and e > s]
+    if len(inside) < need + 8:            # keep some of the message on both sides
+        return None
+    lo = inside[0] + (len(inside) - need) // 2
+    return lo, lo + need
+
+
 def tokenize_example(ex: Example, tokenizer, max_length: int) -> Tokenized | None:
     """Tokenise one example; labels are the trained tokens, others ``IGNORE``.
 
-    Returns None when truncation removes every trained token.
+    A chat example longer than ``max_length`` loses tokens from the middle of its last user
+    message (its instructions at both ends and the answer survive); if that message is too short,
+    the sequence is cut at the end. Returns None when no trained token is left.
     """
     if not ex.messages:
         ids = tokenizer(ex.text or "", add_special_tokens=False).input_ids
         if tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
+        cut = len(ids) > max_length
         ids = ids[:max_length]
-        return Tokenized(ids, list(ids)) if len(ids) > 1 else None
+        return Tokenized(ids, list(ids), truncated=cut) if len(ids) > 1 else None
     text, spans = assistant_spans(ex.messages, tokenizer)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -78,8 +100,12 @@ def tokenize_example(ex: Example, tokenizer, max_length: int) -> Tokenized | Non
     for j, (s, e) in enumerate(offsets):
         if e > s and any(a <= s < b for a, b in spans):
             labels[j] = ids[j]
-    ids, labels = ids[:max_length], labels[:max_length]
-    out = Tokenized(ids, labels)
+    cut = len(ids) > max_length
+    if cut and spans:
+        gap = _prompt_cut(ex, text, spans, offsets, len(ids) - max_length)
+        if gap is not None:
+            ids, labels = ids[:gap[0]] + ids[gap[1]:], labels[:gap[0]] + labels[gap[1]:]
+    out = Tokenized(ids[:max_length], labels[:max_length], truncated=cut)
     return out if out.n_trained else None
 
 
@@ -87,16 +113,11 @@ def tokenize_all(examples: list[Example], tokenizer, max_length: int) -> tuple[l
     """Tokenise a split; returns the kept sequences and counts of truncated/dropped examples."""
     kept, truncated, dropped = [], 0, 0
     for ex in examples:
-        t = tokenize_example(ex, tokenizer, max_length + 1)
+        t = tokenize_example(ex, tokenizer, max_length)
         if t is None:
             dropped += 1
             continue
-        if len(t.input_ids) > max_length:
-            truncated += 1
-            t = Tokenized(t.input_ids[:max_length], t.labels[:max_length])
-            if not t.n_trained:
-                dropped += 1
-                continue
+        truncated += t.truncated
         kept.append(t)
     return kept, {"examples": len(examples), "kept": len(kept), "truncated": truncated,
                   "dropped_no_trained_tokens": dropped,

@@ -46,13 +46,8 @@ def pair_examples(ex: Example) -> tuple[Example, Example]:
 
 def _tokenize(ex: Example, tokenizer, max_length: int) -> tuple[Tokenized | None, bool]:
     """(sequence truncated to ``max_length`` or None when no trained token is left, truncated?)."""
-    t = tokenize_example(ex, tokenizer, max_length + 1)
-    if t is None:
-        return None, False
-    if t.length <= max_length:
-        return t, False
-    t = Tokenized(t.input_ids[:max_length], t.labels[:max_length])
-    return (t if t.n_trained else None), True
+    t = tokenize_example(ex, tokenizer, max_length)
+    return t, bool(t and t.truncated)
 
 
 def build_pairs(examples: list[Example], tokenizer, max_length: int) -> tuple[list[PreferencePair], dict]:
