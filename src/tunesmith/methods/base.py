@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import TunesmithError
-from ..fsutil import atomic_write_bytes
 
 
 class Method(Protocol):
@@ -88,4 +87,4 @@ def not_mergeable(name: str, why: str) -> TunesmithError:
 
 
 __all__ = ["Method", "block_index", "block_linears", "not_mergeable", "trainable_state", "load_trainable_state",
-           "save_tensors", "load_tensors", "count_trainable", "atomic_write_bytes"]
+           "save_tensors", "load_tensors", "count_trainable"]

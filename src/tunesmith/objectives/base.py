@@ -1,7 +1,6 @@
 """The objective contract: data building, batching, loss, and optional model/eval hooks."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 
@@ -43,4 +42,4 @@ def hook(objective, name: str):
     return fn if callable(fn) else None
 
 
-__all__ = ["Objective", "hook", "Path"]
+__all__ = ["Objective", "hook"]

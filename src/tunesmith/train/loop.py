@@ -7,7 +7,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -232,4 +232,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["train", "evaluate_loss", "TrainResult", "LoopState", "asdict"]
+__all__ = ["train", "evaluate_loss", "TrainResult", "LoopState"]
