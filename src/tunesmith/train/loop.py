@@ -105,7 +105,7 @@ def plan_micro_batches(n_seqs: int, cfg, seqs) -> list[list[int]]:
 
 def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
           run_dir: Path, *, pad_id: int, resume: bool = False, on_step: Callable | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          on_eval: Callable | None = None, stop_after: int | None = None) -> TrainResult:
     """Train ``model`` in place with ``objective(model, batch) -> LossOutput``.
 
     The objective's ``collate(items, pad_id)`` (default: SFT token batches) builds batches; each
@@ -113,6 +113,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     Writes ``metrics.jsonl`` and ``checkpoints/`` under ``run_dir``. With ``resume`` the newest
     checkpoint is restored and the run continues where it stopped, on the same batches.
     ``stop_after`` ends the call after that many optimizer steps (used to test interruption).
+    ``on_eval(step, metrics)`` is called after each validation; an exception it raises (e.g. a
+    sweep pruning the trial) ends training and propagates.
     """
     from transformers import get_scheduler
 
@@ -189,6 +191,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                                        pad_id=pad_id, device=device)
                     _write(metrics_file, {"type": "eval", "step": state.step, **ev})
                     bar.note(f"step {state.step}: val_loss {ev['val_loss']:.4f}  ppl {ev['perplexity']:.2f}")
+                    if on_eval:
+                        on_eval(state.step, ev)
                     if state.best_val is None or ev["val_loss"] < state.best_val - 1e-4:
                         state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
                         checkpoint.save_best(ckpt_root, accelerator.unwrap_model(model))
