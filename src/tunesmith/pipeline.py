@@ -174,7 +174,7 @@ def _evaluate_one(session: _Session, model, title: str, which: str, exs, seqs, l
 
 
 def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None, *, resume: bool = False,
-          session: _Session | None = None, stop_after: int | None = None, on_eval=None):
+          session: _Session | None = None, stop_after: int | None = None, on_eval=None, on_step=None):
     """Train on a prepared run (or prepare one from a recipe first); saves ``model/``."""
     from .export import save_tuned
     from .train.loop import train as loop_train
@@ -202,7 +202,7 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
                   f"({100 * trainable / total:.2f}%) on {session.device}")
     result = loop_train(model, session.seqs["train"], session.seqs["validation"], session.objective, r.train,
                         run.path, pad_id=session.tokenizer.pad_token_id, resume=resume, stop_after=stop_after,
-                        on_eval=on_eval)
+                        on_eval=on_eval, on_step=on_step)
     info = {**result.__dict__, "trainable_parameters": trainable, "total_parameters": total,
             "token_stats": session.token_stats}
     atomic_write_json(run.path / "train.json", info)
@@ -320,8 +320,13 @@ def export(target: str | Path | Run, *, session: _Session | None = None, tuned_m
 
 
 def run(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, *,
-        resume_dir: str | Path | None = None, on_eval=None, evaluate_tuned: bool = True) -> Path:
-    """validate -> prepare -> evaluate base -> train -> evaluate tuned -> export -> report."""
+        resume_dir: str | Path | None = None, on_eval=None, on_step=None,
+        evaluate_tuned: bool = True) -> Path:
+    """validate -> prepare -> evaluate base -> train -> evaluate tuned -> export -> report.
+
+    ``on_step(record)`` / ``on_eval(step, metrics)`` are called by the training loop; an exception
+    from them (a cancelled job, a pruned trial) ends the run and propagates.
+    """
     t0 = time.perf_counter()
     if resume_dir:
         the_run = _as_run(resume_dir)
@@ -335,7 +340,7 @@ def run(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, 
         if base_result is None:
             base_result = _evaluate(session, session.base_model, "eval base", "base")
             atomic_write_json(the_run.path / "eval" / "base.json", base_result)
-    train(the_run, resume=bool(resume_dir), session=session, on_eval=on_eval)
+    train(the_run, resume=bool(resume_dir), session=session, on_eval=on_eval, on_step=on_step)
     if not evaluate_tuned:       # sweeps judged on validation loss stop here
         the_run.mark("run", wall_s=time.perf_counter() - t0)
         return the_run.path
