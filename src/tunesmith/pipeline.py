@@ -119,6 +119,11 @@ class _Session:
         self.base_model, self.tokenizer = models.load(r.model.name, device=self.device,
                                                       trust_remote_code=r.model.trust_remote_code)
         self.seqs, self.token_stats = self.objective.build(self.splits, self.tokenizer, r)
+        from .eval.forgetting import replay_sequences
+        replay = replay_sequences(r, self.tokenizer, len(self.seqs["train"]))
+        if replay:
+            self.seqs["train"] = self.seqs["train"] + replay
+            self.token_stats["replay"] = {"sequences": len(replay), "tokens": sum(t.length for t in replay)}
         if not self.seqs["train"]:
             raise TunesmithError("no training example has trainable tokens within data.max_length",
                                  field="data.max_length")
@@ -171,6 +176,71 @@ def _evaluate_one(session: _Session, model, title: str, which: str, exs, seqs, l
         return own(model, session.tokenizer, exs, seqs, session.run.recipe, which=which)
     return evaluate_model(model, session.tokenizer, exs, seqs, session.run.recipe, labels,
                           session.objective, title=title)
+
+
+def _baseline_skip_reason(session: _Session) -> str | None:
+    r = session.run.recipe
+    if session.manifest.get("tasks"):
+        return "baselines are measured on single-task recipes"
+    if not r.metrics():
+        return f"task {r.task} has no generation metric to compare systems on"
+    if r.objective.name not in ("sft", "classification"):
+        return f"objective {r.objective.name} is compared on its own metrics"
+    return None
+
+
+def _baseline_tests(session: _Session) -> list:
+    exs, _ = session.eval_examples()
+    chat = [ex for ex in exs if ex.messages and ex.reference is not None]
+    n = session.run.recipe.eval.baseline_examples
+    return chat[:n] if n else chat
+
+
+def _prompt_builder(session: _Session, model):
+    from .eval.baselines import PromptBuilder, context_limit
+    if getattr(session, "prompt_builder", None) is None:
+        r = session.run.recipe
+        session.prompt_builder = PromptBuilder(r, session.tokenizer, session.splits["train"],
+                                               context_limit(model, session.tokenizer, r.eval.max_new_tokens))
+    return session.prompt_builder
+
+
+def _score_baseline(session: _Session, model, kind: str, tests: list) -> dict:
+    from .eval.evaluate import score_prompts
+    builder = _prompt_builder(session, model)
+    prompts = builder.few_shot(tests) if kind == "few_shot" else builder.rag(tests)
+    title = {"few_shot": "eval base few-shot", "rag": "eval base + RAG", "tuned_rag": "eval tuned + RAG"}[kind]
+    res = score_prompts(model, session.tokenizer, tests, prompts, session.run.recipe, session.labels, title=title)
+    for pred, ex in zip(res["predictions"], tests):
+        pred["prompt"] = ex.prompt_messages        # keep the files small: the question, not the context
+    return res
+
+
+def measure_base(session: _Session) -> dict | None:
+    """Everything measured on the untouched base model (cached in eval/): zero-shot, few-shot, RAG and
+    the forgetting baseline. Must run before training changes the base weights in this process."""
+    from .eval import forgetting
+    run, r = session.run, session.run.recipe
+    base_result = None
+    if r.eval.compare_base:
+        base_result = run.load_json("eval/base.json")
+        if base_result is None:
+            base_result = _evaluate(session, session.base_model, "eval base", "base")
+            atomic_write_json(run.path / "eval" / "base.json", base_result)
+    if run.load_json("eval/baselines.json") is None:
+        reason = _baseline_skip_reason(session)
+        cheap = [k for k in r.eval.baselines if k in ("few_shot", "rag")]
+        out: dict = {"skipped": reason} if reason and cheap else {}
+        if not reason:
+            tests = _baseline_tests(session)
+            for kind in cheap:
+                out[kind] = _score_baseline(session, session.base_model, kind, tests)
+        atomic_write_json(run.path / "eval" / "baselines.json", out)
+    if run.load_json("eval/forgetting_base.json") is None and (r.forgetting.general_text or
+                                                               r.forgetting.general_prompts):
+        before = forgetting.measure(session.base_model, session.tokenizer, r, title="general (base)")
+        atomic_write_json(run.path / "eval" / "forgetting_base.json", before)
+    return base_result
 
 
 def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None, *, resume: bool = False,
@@ -257,16 +327,22 @@ def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_
     run = _as_run(target)
     session = session or _Session(run)
     r = run.recipe
-    if base_result is None and r.eval.compare_base:
-        base_result = run.load_json("eval/base.json") or _evaluate(session, session.base_model, "eval base",
-                                                                    "base")
+    if base_result is None and getattr(session, "tuned_model", None) is None:
+        base_result = measure_base(session)      # the base weights are still untouched in this process
+    elif base_result is None and r.eval.compare_base:
+        base_result = run.load_json("eval/base.json")
     tuned_model = tuned_model or getattr(session, "tuned_model", None) or _load_tuned(session)
     tuned_result = _evaluate(session, tuned_model, "eval tuned", "tuned")
     atomic_write_json(run.path / "eval" / "tuned.json", tuned_result)
     if base_result:
         atomic_write_json(run.path / "eval" / "base.json", base_result)
     diff = compare(base_result, tuned_result, r, session.labels)
-    summary = {"base": _headline(base_result), "tuned": _headline(tuned_result), **diff}
+    decision = _decide(session, run, base_result, tuned_result, tuned_model)
+    summary = {"base": _headline(base_result), "tuned": _headline(tuned_result), **diff,
+               "systems": {row["system"]: row["metrics"] for row in decision["systems"]["rows"]},
+               "recommendation": decision["recommendation"],
+               "forgetting_flagged": bool((decision["forgetting"] or {}).get("flagged")),
+               "contaminated": decision["contamination"]["contaminated"]}
     atomic_write_json(run.path / "eval" / "summary.json", summary)
     training = run.load_json("train.json") or {}
     results = {
@@ -282,11 +358,38 @@ def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_
                      "best_step": training.get("best_step"), "early_stopped": training.get("early_stopped"),
                      "trainable_parameters": training.get("trainable_parameters")},
         "artifacts": (run.load_json("export/export.json") or {}),
+        **decision,
+        "lengths": {name: [t.length for t in seqs] for name, seqs in session.seqs.items() if seqs},
     }
     atomic_write_json(run.path / "eval" / "report_data.json", results)
     write_reports(run.path, results)
     run.mark("eval", tuned=summary["tuned"]["metrics"])
     return summary
+
+
+def _decide(session: _Session, run: Run, base_result, tuned_result, tuned_model) -> dict:
+    """Baselines side by side with the tuned model, forgetting, contamination and the recommendation."""
+    from .eval import contamination, decide, forgetting
+    r = run.recipe
+    baselines = run.load_json("eval/baselines.json") or {}
+    results = {"base": base_result, "tuned": tuned_result,
+               **{k: v for k, v in baselines.items() if k in ("few_shot", "rag")}}
+    if "tuned_rag" in r.eval.baselines and not _baseline_skip_reason(session):
+        results["tuned_rag"] = _score_baseline(session, tuned_model, "tuned_rag", _baseline_tests(session))
+        atomic_write_json(run.path / "eval" / "baselines.json", {**baselines, "tuned_rag": results["tuned_rag"]})
+    table = decide.systems_table(results, r, session.labels, run.load_json("train.json"))
+    forgot = None
+    before = run.load_json("eval/forgetting_base.json")
+    if before is not None:
+        after = forgetting.measure(tuned_model, session.tokenizer, r, title="general (tuned)")
+        forgot = forgetting.compare(before, after, r.forgetting.threshold)
+        atomic_write_json(run.path / "eval" / "forgetting.json", {"before": before, "after": after,
+                                                                  "comparison": forgot})
+    exs, _ = session.eval_examples()
+    contam = contamination.check(session.splits["train"], exs, r.eval.contamination_threshold)
+    atomic_write_json(run.path / "eval" / "contamination.json", contam)
+    return {"systems": table, "recommendation": decide.recommend(table, forgot), "forgetting": forgot,
+            "contamination": contam, "baselines_skipped": baselines.get("skipped")}
 
 
 def _headline(result: dict | None) -> dict | None:
@@ -334,12 +437,7 @@ def run(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, 
         the_run = prepare(recipe, overrides)
     session = _Session(the_run)
     r = the_run.recipe
-    base_result = None
-    if r.eval.compare_base:
-        base_result = the_run.load_json("eval/base.json")
-        if base_result is None:
-            base_result = _evaluate(session, session.base_model, "eval base", "base")
-            atomic_write_json(the_run.path / "eval" / "base.json", base_result)
+    base_result = measure_base(session)
     train(the_run, resume=bool(resume_dir), session=session, on_eval=on_eval, on_step=on_step)
     if not evaluate_tuned:       # sweeps judged on validation loss stop here
         the_run.mark("run", wall_s=time.perf_counter() - t0)

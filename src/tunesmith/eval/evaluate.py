@@ -13,7 +13,7 @@ from ..data.tokenize import Tokenized
 from ..train.loop import evaluate_loss
 from ..train.progress import console
 from . import metrics
-from .generate import generate
+from .generate import generate, render_prompt
 
 
 @contextmanager
@@ -46,8 +46,16 @@ def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokeniz
     chat = [ex for ex in examples if ex.messages and ex.reference is not None]
     if not chat:
         return result
-    prompts = [ex.prompt_messages for ex in chat]
-    refs = [ex.reference for ex in chat]
+    result.update(score_prompts(model, tokenizer, chat, [ex.prompt_messages for ex in chat], recipe, labels,
+                                title=title))
+    return result
+
+
+def score_prompts(model, tokenizer, examples: list[Example], prompts: list[list[dict]], recipe: Recipe,
+                  labels: list[str] | None, *, title: str) -> dict:
+    """Greedy answers to ``prompts`` (one per example, e.g. with few-shot or retrieved context) scored
+    against the examples' references; with latency and prompt-token cost per request."""
+    refs = [ex.reference for ex in examples]
     t0 = time.perf_counter()
     with Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
@@ -57,14 +65,18 @@ def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokeniz
                              batch_size=recipe.eval.batch_size,
                              progress=lambda n: bar.update(task, completed=n))
     wall = time.perf_counter() - t0
-    result["metrics"] = metrics.compute(recipe.metrics(), preds, refs, labels)
-    result["label_details"] = metrics.details(preds, refs, labels)
-    result["generation"] = {"wall_s": wall, "per_example_s": wall / len(prompts)}
+    prompt_tokens = [len(tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"])
+                     for p in prompts]
     headline = (recipe.metrics() or ["exact_match"])[0]
-    result["predictions"] = [{"prompt": ex.prompt_messages, "reference": r, "prediction": p,
-                              "correct": metrics.per_example_correct(headline, p, r, labels)}
-                             for ex, r, p in zip(chat, refs, preds)]
-    return result
+    return {
+        "metrics": metrics.compute(recipe.metrics(), preds, refs, labels),
+        "label_details": metrics.details(preds, refs, labels),
+        "generation": {"wall_s": wall, "per_example_s": wall / len(prompts),
+                       "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens)},
+        "predictions": [{"prompt": prompt, "reference": r, "prediction": p,
+                         "correct": metrics.per_example_correct(headline, p, r, labels)}
+                        for prompt, r, p in zip(prompts, refs, preds)],
+    }
 
 
 def compare(base: dict | None, tuned: dict, recipe: Recipe, labels: list[str] | None) -> dict:
