@@ -360,6 +360,7 @@ def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_
         "artifacts": (run.load_json("export/export.json") or {}),
         **decision,
         "lengths": {name: [t.length for t in seqs] for name, seqs in session.seqs.items() if seqs},
+        "max_length": r.data.max_length,
     }
     atomic_write_json(run.path / "eval" / "report_data.json", results)
     write_reports(run.path, results)

@@ -71,6 +71,12 @@ def _pct(key: str, value: float) -> str:
     return f"{100 * value:.1f}%" if key in ("accuracy", "exact_match") or key.startswith("macro_") else f"{value:.2f}"
 
 
+def _gap(key: str, value: float) -> str:
+    if key in ("accuracy", "exact_match") or key.startswith("macro_"):
+        return f"{100 * value:.1f} points"
+    return f"{value:.2f}"
+
+
 def recommend(table: dict, forgetting: dict | None = None, margin: float | None = None) -> dict | None:
     """Whether the fine-tuned model is worth deploying over the cheap alternatives, and why.
 
@@ -106,15 +112,15 @@ def recommend(table: dict, forgetting: dict | None = None, margin: float | None 
         text = "Deploy the fine-tuned model with retrieval: it beats the fine-tuned model alone."
     elif gain > margin:
         verdict, choice = "fine-tune", "tuned"
-        text = (f"Fine-tuning is worth it: +{_pct(key, gain)} over {SYSTEMS[best]}."
+        text = (f"Fine-tuning is worth it: +{_gap(key, gain)} over {SYSTEMS[best]}."
                 + (" Watch forgetting: consider forgetting.replay." if forgot else ""))
     elif gain >= -margin:
         verdict, choice = best, best
-        text = (f"Fine-tuning is not clearly better ({'+' if gain >= 0 else ''}{_pct(key, gain)} vs "
+        text = (f"Fine-tuning is not clearly better ({'+' if gain >= 0 else ''}{_gap(key, gain)} vs "
                 f"{SYSTEMS[best]}); the cheaper {SYSTEMS[best]} is the better deal unless its prompt cost "
                 "or latency matters more.")
     else:
         verdict, choice = best, best
-        text = f"Do not deploy the fine-tuned model: {SYSTEMS[best]} is better by {_pct(key, -gain)}."
+        text = f"Do not deploy the fine-tuned model: {SYSTEMS[best]} is better by {_gap(key, -gain)}."
     return {"verdict": verdict, "choice": choice, "metric": key, "gain_over_best_alternative": gain,
             "best_alternative": best, "text": text, "facts": facts, "forgetting_flagged": forgot}

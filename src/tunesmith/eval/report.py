@@ -1,9 +1,8 @@
-"""The run report: base-vs-tuned metrics, loss curve, confusion matrices and examples (MD + HTML)."""
+"""The run report: recommendation, systems side by side, base vs tuned, plots and examples (MD + HTML)."""
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from datetime import datetime
@@ -11,6 +10,8 @@ from pathlib import Path
 
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from .metrics import LOWER_IS_BETTER, UNPARSED
+from . import report_decision
+from .plots import confusion_png, lengths_png, loss_plot_png, metric_bars_png
 
 _LOSS_ROWS = (("val_loss", "Held-out loss"), ("perplexity", "Perplexity"))
 _METRIC_TITLES = {
@@ -32,61 +33,10 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;mar
 th,td{border:1px solid #d0d7de;padding:.3em .7em;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#f6f8fa}
 .better{color:#1a7f37;font-weight:600}.worse{color:#cf222e;font-weight:600}
-.diag{background:#dafbe1}.ex{border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em;margin:1em 0}
+.diag{background:#dafbe1}table.text td{text-align:left}.rec{border-left:4px solid #0969da;background:#f6f8fa;padding:.2em 1em}.ex{border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em;margin:1em 0}
 pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.5em;border-radius:4px;
 margin:.2em 0 .6em}.ok{color:#1a7f37}.bad{color:#cf222e}img{max-width:100%}
 """
-
-
-# ----------------------------------------------------------------------------- loss curve
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of an interrupted run
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
-
-
-def loss_plot_png(metrics_jsonl_path: str | Path) -> bytes | None:
-    """PNG of training loss and validation loss by step from ``metrics.jsonl``; None if no records.
-
-    Reads records ``{"type": "train", "step", "loss"}`` and ``{"type": "eval", "step", "val_loss"}``.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(metrics_jsonl_path)
-    if not path.is_file():
-        return None
-    train, val = [], []
-    for rec in _read_jsonl(path):
-        if rec.get("type") == "train" and _is_number(rec.get("loss")) and "step" in rec:
-            train.append((rec["step"], rec["loss"]))
-        elif rec.get("type") == "eval" and _is_number(rec.get("val_loss")) and "step" in rec:
-            val.append((rec["step"], rec["val_loss"]))
-    if not train and not val:
-        return None
-
-    fig = Figure(figsize=(7, 3.6), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if train:
-        ax.plot(*zip(*train), label="train loss", color="#0969da", linewidth=1.2, alpha=0.85)
-    if val:
-        ax.plot(*zip(*val), label="validation loss", color="#cf222e", marker="o", markersize=4)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -264,22 +214,29 @@ def _distillation_rows(results: dict) -> list[list[str]]:
 _DISTILL_HEADER = ["model", "parameters", "layers", "tokens/s", "held-out loss", "task metrics"]
 
 
-def _markdown(results: dict, has_plot: bool) -> str:
+def _markdown(results: dict, images: dict[str, bytes]) -> str:
     mark = {True: "✓", False: "✗"}
     out = [f"# Tunesmith report: {_md_cell(results.get('name', 'run'))}", "",
-           "  \n".join(f"**{k}:** {_md_cell(v)}" for k, v in _header_items(results)), "",
-           "## Base vs tuned", "",
+           "  \n".join(f"**{k}:** {_md_cell(v)}" for k, v in _header_items(results)), ""]
+    out += report_decision.markdown(results, _fmt, lambda k: _title(k, _METRIC_TITLES), _md_table, _md_cell)
+    if "systems" in images:
+        out += ["![Metrics by system](systems.png)", ""]
+    out += ["## Base vs tuned", "",
            _md_table(["metric", "base", "tuned", "delta"], [r[:4] for r in _comparison_rows(results)]),
            ""]
     if _distillation_rows(results):
         out += ["## Teacher vs student", "", _md_table(_DISTILL_HEADER, _distillation_rows(results),
                                                       numeric=False), ""]
-    if has_plot:
+    if "loss" in images:
         out += ["## Loss curve", "", "![Training and validation loss](loss.png)", ""]
+    if "lengths" in images:
+        out += ["## Sequence lengths", "", "![Token lengths by split](lengths.png)", ""]
     label_details = results.get("label_details") or {}
     if label_details:
         out += ["## Confusion matrices", "", "Rows are the reference label, columns the label the "
                 "answer gave (`unparsed`: no label found).", ""]
+        if "confusion" in images:
+            out += ["![Confusion matrices](confusion.png)", ""]
         out += [_md_confusion(side, label_details[side]) + "\n"
                 for side in ("base", "tuned") if label_details.get(side)]
     out += ["## Answers that changed", "", _md_table(["", "count"], _flip_items(results)), ""]
@@ -341,7 +298,13 @@ def _html_example(i: int, ex: dict) -> str:
             "</div>")
 
 
-def _html(results: dict, png: bytes | None) -> str:
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _html(results: dict, images: dict[str, bytes]) -> str:
     name = results.get("name", "run")
     rows = "".join(
         f"<tr><th>{_e(title)}</th><td>{_e(base)}</td><td>{_e(tuned)}</td>"
@@ -351,6 +314,8 @@ def _html(results: dict, png: bytes | None) -> str:
         f"<h1>Tunesmith report: {_e(name)}</h1>",
         '<p class="meta">' + " · ".join(f"<b>{_e(k)}:</b> {_e(v)}" for k, v in _header_items(results))
         + "</p>",
+        *report_decision.html(results, _fmt, lambda k: _title(k, _METRIC_TITLES), _e, _html_kv,
+                              _img(images.get("systems"), "Metrics by system")),
         "<h2>Base vs tuned</h2>",
         "<table><thead><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>",
@@ -360,15 +325,16 @@ def _html(results: dict, png: bytes | None) -> str:
         body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>"
                        for row in _distillation_rows(results))
         parts += ["<h2>Teacher vs student</h2>", f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
-    if png:
-        data = base64.b64encode(png).decode("ascii")
-        parts += ["<h2>Loss curve</h2>",
-                  f'<img alt="Training and validation loss" src="data:image/png;base64,{data}">']
+    if images.get("loss"):
+        parts += ["<h2>Loss curve</h2>", _img(images["loss"], "Training and validation loss")]
+    if images.get("lengths"):
+        parts += ["<h2>Sequence lengths</h2>", _img(images["lengths"], "Token lengths by split")]
     label_details = results.get("label_details") or {}
     if label_details:
         parts += ["<h2>Confusion matrices</h2>",
                   "<p>Rows are the reference label, columns the label the answer gave "
-                  f"(<code>{UNPARSED}</code>: no label found).</p>"]
+                  f"(<code>{UNPARSED}</code>: no label found).</p>", _img(images.get("confusion"),
+                                                                          "Confusion matrices")]
         parts += [_html_confusion(side, label_details[side])
                   for side in ("base", "tuned") if label_details.get(side)]
     parts += ["<h2>Answers that changed</h2>", _html_kv(_flip_items(results))]
@@ -407,10 +373,16 @@ def write_reports(run_dir: str | Path, results: dict) -> tuple[Path, Path]:
     Returns ``(report.md path, report.html path)``. Each file is written atomically.
     """
     run_dir = Path(run_dir)
-    png = loss_plot_png(run_dir / "metrics.jsonl")
-    if png:
-        atomic_write_bytes(run_dir / "loss.png", png)
+    rows = (results.get("systems") or {}).get("rows") or []
+    keys = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
+    images = {"loss": loss_plot_png(run_dir / "metrics.jsonl"),
+              "systems": metric_bars_png(rows, keys, _METRIC_TITLES),
+              "confusion": confusion_png(results.get("label_details") or {}),
+              "lengths": lengths_png(results.get("lengths") or {}, results.get("max_length"))}
+    images = {k: v for k, v in images.items() if v}
+    for name, png in images.items():
+        atomic_write_bytes(run_dir / f"{name}.png", png)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    atomic_write_text(md_path, _markdown(results, has_plot=png is not None))
-    atomic_write_text(html_path, _html(results, png))
+    atomic_write_text(md_path, _markdown(results, images))
+    atomic_write_text(html_path, _html(results, images))
     return md_path, html_path

@@ -1,0 +1,138 @@
+"""Report figures as PNG bytes (matplotlib, Agg): loss curves, metric bars by system, confusion, lengths."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+PALETTE = {"base": "#8c959f", "few_shot": "#bf8700", "rag": "#8250df", "tuned": "#1a7f37", "tuned_rag": "#0969da"}
+
+
+def _figure(w: float = 7, h: float = 3.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(w, h), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of an interrupted run
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def loss_plot_png(metrics_jsonl_path: str | Path) -> bytes | None:
+    """PNG of training loss and validation loss by step from ``metrics.jsonl``; None if no records.
+
+    Reads records ``{"type": "train", "step", "loss"}`` and ``{"type": "eval", "step", "val_loss"}``.
+    """
+    path = Path(metrics_jsonl_path)
+    if not path.is_file():
+        return None
+    train, val = [], []
+    for rec in _read_jsonl(path):
+        if rec.get("type") == "train" and _is_number(rec.get("loss")) and "step" in rec:
+            train.append((rec["step"], rec["loss"]))
+        elif rec.get("type") == "eval" and _is_number(rec.get("val_loss")) and "step" in rec:
+            val.append((rec["step"], rec["val_loss"]))
+    if not train and not val:
+        return None
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#0969da", linewidth=1.2, alpha=0.85)
+    if val:
+        ax.plot(*zip(*val), label="validation loss", color="#cf222e", marker="o", markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+
+
+def metric_bars_png(rows: list[dict], keys: list[str], titles: dict[str, str]) -> bytes | None:
+    """Grouped bars: one group per metric, one bar per system (base, few-shot, RAG, tuned, ...)."""
+    keys = [k for k in keys if any(_is_number(r["metrics"].get(k)) for r in rows)][:4]
+    if not rows or not keys:
+        return None
+    import numpy as np
+    fig = _figure(7, 3.4)
+    ax = fig.add_subplot()
+    width = 0.8 / len(rows)
+    x = np.arange(len(keys))
+    for i, row in enumerate(rows):
+        values = [row["metrics"].get(k) if _is_number(row["metrics"].get(k)) else 0 for k in keys]
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=row.get("label", row["system"]),
+                      color=PALETTE.get(row["system"], None))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, [titles.get(k, k) for k in keys])
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(len(rows), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    return _png(fig)
+
+
+def confusion_png(details: dict[str, dict]) -> bytes | None:
+    """Heatmaps of the confusion matrices (rows: reference label, columns: answered label)."""
+    sides = [s for s in ("base", "tuned") if details.get(s)]
+    if not sides:
+        return None
+    fig = _figure(3.4 * len(sides), 3.2)
+    for n, side in enumerate(sides, 1):
+        d = details[side]
+        matrix = d["confusion"]
+        ax = fig.add_subplot(1, len(sides), n)
+        ax.imshow(matrix, cmap="Greens")
+        cols = list(d["labels"]) + ["unparsed"]
+        ax.set_xticks(range(len(matrix[0])), cols[: len(matrix[0])], rotation=30, fontsize=8)
+        ax.set_yticks(range(len(matrix)), d["labels"], fontsize=8)
+        peak = max(max(r) for r in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                        color="white" if value > peak / 2 else "black")
+        ax.set_title(f"{side}", fontsize=9)
+        ax.set_xlabel("answered", fontsize=8)
+        ax.set_ylabel("reference", fontsize=8)
+    return _png(fig)
+
+
+def lengths_png(lengths: dict[str, list[int]], limit: int | None = None) -> bytes | None:
+    """Histograms of token lengths per split (train/validation/test) with the max_length line."""
+    splits = [s for s in ("train", "validation", "test") if lengths.get(s)]
+    if not splits:
+        return None
+    fig = _figure(7, 3.0)
+    ax = fig.add_subplot()
+    top = max(max(lengths[s]) for s in splits)
+    bins = min(40, max(5, top // 8))
+    for s in splits:
+        ax.hist(lengths[s], bins=bins, range=(0, top + 1), alpha=0.55, label=f"{s} ({len(lengths[s])})",
+                density=True)
+    if limit:
+        ax.axvline(limit, color="#cf222e", linestyle="--", linewidth=1, label=f"max_length {limit}")
+    ax.set_xlabel("tokens per sequence (chat template applied)")
+    ax.set_ylabel("share")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
