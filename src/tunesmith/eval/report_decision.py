@@ -129,7 +129,7 @@ def html(results: dict, fmt: Callable, title: Callable, e: Callable, kv: Callabl
         parts += ["<h2>Forgetting</h2>", kv(items).replace("<table>", f'<table class="{cls}">', 1)]
         examples = f.get("examples", [])
         if examples:
-            parts.append('<table class="text"><thead><tr><th>general prompt</th><th>before</th><th>after</th></tr></thead><tbody>"
+            parts.append('<table class="text"><thead><tr><th>general prompt</th><th>before</th><th>after</th></tr></thead><tbody>'
                          + "".join(f"<tr><td>{e(x['prompt'])}</td><td>{e(x['before'])}</td><td>{e(x['after'])}</td></tr>"
                                    for x in examples) + "</tbody></table>")
     items = contamination_items(results)
@@ -137,7 +137,7 @@ def html(results: dict, fmt: Callable, title: Callable, e: Callable, kv: Callabl
         parts += ["<h2>Contamination</h2>", kv(items)]
         listing = contamination_listing(results)
         if listing:
-            parts.append('<table class="text"><thead><tr><th>test line</th><th>train line</th><th>similarity</th><th>test text</th>"
+            parts.append('<table class="text"><thead><tr><th>test line</th><th>train line</th><th>similarity</th><th>test text</th>'
                          "</tr></thead><tbody>" + "".join(
                              f"<tr><td>{e(d['test_line'])}</td><td>{e(d['train_line'])}</td>"
                              f"<td>{d['similarity']:.2f}</td><td>{e(d['test_text'][:160])}</td></tr>" for d in listing)
