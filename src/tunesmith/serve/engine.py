@@ -161,17 +161,16 @@ class GenSequence:
         return self.generator
 
     # -- emission
-    def _emit_upto(self, end: int) -> None:
-        release = [e for e in self.pending if e.offset < end]
+    def _emit_upto(self, end: int, flush: bool = False) -> None:
+        release = [e for e in self.pending if e.offset < end or flush]
         if end > self.emitted or release:
-            self.pending = [e for e in self.pending if e.offset >= end]
+            self.pending = [] if flush else [e for e in self.pending if e.offset >= end]
             piece = self.text[self.emitted:end] if end > self.emitted else ""
             self.emitted = max(self.emitted, end)
             self.request.emit(Event("delta", index=self.index, text=piece, logprobs=release))
 
     def _finish(self, reason: str) -> None:
-        self._emit_upto(len(self.text))
-        self.pending = []
+        self._emit_upto(len(self.text), flush=True)
         self.finished = True
         self.request.emit(Event("finish", index=self.index, finish_reason=reason,
                                 completion_tokens=self.n_generated))

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
@@ -431,7 +432,9 @@ class Registry:
                 self._peft.unload()          # removes the LoRA layers; the base is plain again
                 self._peft = None
             else:
-                self._peft.delete_adapter(item.adapter_name)
+                with warnings.catch_warnings():     # "the active adapter was deleted": expected here
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._peft.delete_adapter(item.adapter_name)
         if callable(item.release):
             item.release()
         if self.metrics is not None:
