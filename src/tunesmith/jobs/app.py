@@ -1,33 +1,70 @@
-"""A standalone FastAPI app with the files and jobs routers (and, optionally, an in-process worker)."""
+"""Wiring: the jobs routers, model source and optional in-process worker, for `tunesmith serve` or alone."""
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from .api import jobs_router
+from .errors import envelope
 from .files import files_router
 from .recipe import check_template
 from .settings import JobsContext, JobsSettings
 from .worker import WorkerConfig, WorkerThread
 
 
+class JobsParts:
+    """Everything an inference server needs to offer fine-tuning: ``routers`` (`/v1/files`,
+    `/v1/fine_tuning/jobs`), ``sources`` (succeeded jobs' models) and, with ``worker``, a worker
+    thread started by ``worker_running()``. The template is checked at once (bad template: TunesmithError)."""
+
+    def __init__(self, settings: JobsSettings, *, worker: WorkerConfig | None = None, dependencies=()):
+        from .source import JobsModelSource
+        check_template(settings.job_template())
+        self.ctx = JobsContext(settings)
+        self.routers = [files_router(self.ctx, dependencies=dependencies),
+                        jobs_router(self.ctx, dependencies=dependencies)]
+        self.sources = [JobsModelSource(self.ctx.db)]
+        self.worker = worker
+        self._thread: WorkerThread | None = None
+
+    def start_worker(self) -> None:
+        if self.worker is not None and self._thread is None:
+            self._thread = WorkerThread(self.worker, self.ctx.db).start()
+
+    def stop_worker(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
+
+    @contextmanager
+    def worker_running(self):
+        self.start_worker()
+        try:
+            yield self
+        finally:
+            self.stop_worker()
+
+
 def create_app(settings: JobsSettings, *, worker: WorkerConfig | None = None, dependencies=()) -> FastAPI:
-    """`/v1/files` + `/v1/fine_tuning/jobs`; with ``worker`` a worker thread runs while the app does."""
-    check_template(settings.job_template())
-    ctx = JobsContext(settings)
+    """A standalone app with only the files and jobs endpoints (no inference); with ``worker`` a
+    worker thread runs while the app does."""
+    parts = JobsParts(settings, worker=worker, dependencies=dependencies)
 
     @asynccontextmanager
     async def lifespan(_app):
-        thread = WorkerThread(worker, ctx.db).start() if worker else None
-        try:
+        with parts.worker_running():
             yield
-        finally:
-            if thread:
-                thread.stop()
 
     app = FastAPI(title="tunesmith fine-tuning jobs", lifespan=lifespan)
-    app.state.jobs = ctx
-    app.include_router(files_router(ctx, dependencies=dependencies))
-    app.include_router(jobs_router(ctx, dependencies=dependencies))
+    app.state.jobs = parts
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        return JSONResponse(envelope(f"The server had an error while processing your request: "
+                                     f"{type(exc).__name__}", type="server_error"), status_code=500)
+
+    for router in parts.routers:
+        app.include_router(router)
     return app

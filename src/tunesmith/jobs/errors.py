@@ -1,15 +1,12 @@
 """OpenAI's error envelope for the jobs routers: an exception type and a route class that renders it."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-
-log = logging.getLogger("tunesmith.jobs")
 
 
 def envelope(message: str, *, type: str = "invalid_request_error", param: str | None = None,
@@ -51,8 +48,9 @@ def _validation_error(err: RequestValidationError) -> APIError:
 
 
 class ErrorRoute(APIRoute):
-    """Route class: APIError, FastAPI's request validation errors and unexpected exceptions leave
-    the route as OpenAI-shaped JSON (400 instead of FastAPI's 422), whatever app mounts the router."""
+    """Route class: APIError and FastAPI's request validation errors leave the route as OpenAI-shaped
+    JSON (400 instead of FastAPI's 422), whatever app mounts the router. Other exceptions (e.g. an
+    authentication dependency's own error) go on to the app's exception handlers."""
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
@@ -64,7 +62,4 @@ class ErrorRoute(APIRoute):
                 return e.response()
             except RequestValidationError as e:
                 return _validation_error(e).response()
-            except Exception:
-                log.exception("unhandled error in %s %s", request.method, request.url.path)
-                return APIError(500, "The server had an error while processing your request.").response()
         return route

@@ -5,19 +5,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from ..serve.registry import ServedModel
 from .db import SUCCEEDED, Database, JobRow
-
-try:
-    from ..serve.app import ServedModel
-except ImportError:     # the inference server is not part of this installation
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class ServedModel:
-        id: str
-        run_dir: Path
-        created: int
-        owned_by: str
 
 
 class JobsModelSource:
