@@ -197,6 +197,7 @@ def test_pause_and_resume_continue_from_checkpoint(client, ctx, running_worker):
     i = next(i for i, e in enumerate(evs) if e["message"] == f"Resuming from checkpoint at step {at}")
     assert evs[i]["data"] == {"step": at, "resumed": True}
     assert metrics_steps(evs[i:])[0] == at + 1 and metrics_steps(evs[i:])[-1] == 24
+    assert metrics_steps(evs) == list(range(1, 25))      # no step reported twice across the pause
     steps = [c["step_number"] for c in client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
                                                    params={"limit": 100}).json()["data"]]
     assert steps == sorted(set(steps), reverse=True) and steps[0] == 24   # each checkpoint recorded once

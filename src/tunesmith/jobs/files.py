@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -69,7 +70,8 @@ def _store(ctx: JobsContext, upload: UploadFile, purpose: str, expires_at: int |
     """Copy the upload into the file store (validated, hashed, renamed into place), add the row."""
     limit = ctx.settings.max_upload_bytes
     file_id = new_id("file-")
-    suffix = ".jsonl" if purpose == "fine-tune" else (Path(upload.filename or "").suffix[:16] or ".bin")
+    suffix = ".jsonl" if purpose == "fine-tune" else \
+        (re.sub(r"[^A-Za-z0-9.]", "", Path(upload.filename or "").suffix)[:16] or ".bin")
     final = ctx.files_dir / f"{file_id}{suffix}"
     fd, tmp = tempfile.mkstemp(dir=ctx.files_dir, prefix=".upload-", suffix=suffix)
     try:

@@ -299,21 +299,30 @@ class _JobRun:
                 .values(heartbeat_at=t, estimated_finish=eta, step=step, total_steps=self.total,
                         run_dir=str(self.run_dir))
                 .returning(JobRow.status).execution_options(synchronize_session=False)).scalar()
-            if status is None:
-                raise _Stop("lost", step)
-            if status != CANCELLED and (step % self.w.cfg.event_every == 0 or step == self.total):
+            stop = self._stop_reason(status, step)
+            if stop is None and (step % self.w.cfg.event_every == 0 or step == self.total):
                 add_event(s, self.job.id, f"Step {step}/{self.total}: training loss={record['loss']:.4f}",
                           type="metrics", data={"step": step, "total_steps": self.total,
                                                 "train_loss": record["loss"], "learning_rate": record.get("lr"),
                                                 "tokens_per_second": record.get("tokens_per_s")})
-            if status == QUEUED and transition(s, self.job.id, (QUEUED,), held_by=self.w.id, status=RUNNING):
+            if stop is None and status == QUEUED and \
+                    transition(s, self.job.id, (QUEUED,), held_by=self.w.id, status=RUNNING):
                 add_event(s, self.job.id, "Resumed before the pause took effect; training continues")
+        if stop is not None:
+            raise stop
+
+    def _stop_reason(self, status: str | None, step: int) -> _Stop | None:
+        """Why training must end after ``step`` (None: go on). A pause waits for a checkpoint boundary:
+        it stops at the first step after a checkpoint, which resumes by replaying that step."""
+        if status is None:
+            return _Stop("lost", step)
         if status == CANCELLED:
-            raise _Stop("cancelled", step)
+            return _Stop("cancelled", step)
         if status == PAUSED and self.latest_ckpt and self.latest_ckpt == step - 1:
-            raise _Stop("paused", self.latest_ckpt)
+            return _Stop("paused", self.latest_ckpt)
         if self.w.stopping.is_set():
-            raise _Stop("shutdown", step)
+            return _Stop("shutdown", step)
+        return None
 
     def on_eval(self, step: int, metrics: dict) -> None:
         self.evals[step] = metrics
