@@ -52,7 +52,7 @@ class PostgresServer:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
         return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=120)
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         try:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
                       "-E", "UTF8", "--locale=C")

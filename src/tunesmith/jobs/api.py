@@ -12,7 +12,7 @@ from sqlalchemy import select
 from .. import models as model_catalogue
 from .db import (CANCELLED, PAUSED, QUEUED, RUNNING, VALIDATING, CheckpointRow, EventRow, JobRow,
                  add_event, new_id, now, page, transition)
-from .errors import ErrorRoute, bad_request, not_found
+from .errors import APIError, ErrorRoute, bad_request, not_found
 from .files import FINE_TUNE_FORMATS, get_file
 from .recipe import JOB_HYPERPARAMETERS, check_hyperparameters, job_recipe, parse_method, resolve
 from .settings import JobsContext
@@ -73,7 +73,7 @@ def _training_input(ctx: JobsContext, file_id, param: str, kind: str):
         raise bad_request(f"Missing required parameter: '{param}'", param=param)
     try:
         row = get_file(ctx, file_id)
-    except Exception:
+    except APIError:
         raise bad_request(f"Invalid {param}: no such file {file_id}", param=param,
                           code="file_not_found") from None
     if row.purpose != "fine-tune":

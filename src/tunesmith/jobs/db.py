@@ -4,9 +4,10 @@ from __future__ import annotations
 import secrets
 import string
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
                         create_engine, event, select, text, update)

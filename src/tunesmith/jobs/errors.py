@@ -1,7 +1,8 @@
 """OpenAI's error envelope for the jobs routers: an exception type and a route class that renders it."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError

@@ -13,6 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from ..errors import TunesmithError
 from .db import FileRow, new_id, now, page
@@ -166,7 +168,7 @@ def files_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
             raise _too_large(int(declared), limit)
         try:
             form = await request.form(max_files=1, max_fields=16)
-        except Exception as e:   # not multipart, or malformed
+        except (HTTPException, MultiPartException, AssertionError) as e:   # not multipart, or malformed
             raise bad_request(f"Expected a multipart/form-data body with 'file' and 'purpose' ({e})",
                               param="file") from None
         try:

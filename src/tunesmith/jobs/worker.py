@@ -338,7 +338,7 @@ class _JobRun:
         from ..config import load_recipe
         cfg = load_recipe(self.run_dir / "recipe.yaml").train
         n = json.loads((self.run_dir / "data" / "manifest.json").read_text())["counts"]["train"]
-        micro = max(1, int(round(math.ceil(n / cfg.batch_size) * cfg.epochs)))
+        micro = max(1, round(math.ceil(n / cfg.batch_size) * cfg.epochs))
         if cfg.max_steps:
             micro = min(micro, cfg.max_steps * cfg.grad_accum)
         return math.ceil(micro / cfg.grad_accum)
@@ -441,12 +441,11 @@ class _JobRun:
 
     def _stopped(self, stop: _Stop) -> None:
         with self.db.session() as s:
-            if stop.reason == "shutdown":
-                if transition(s, self.job.id, (RUNNING,), held_by=self.w.id, status=QUEUED, worker_id=None,
-                              estimated_finish=None):
-                    add_event(s, self.job.id, f"The worker shut down at step {stop.step}; the job is queued "
-                                              "again and resumes from its last checkpoint", level="warn")
-                    return
+            if stop.reason == "shutdown" and transition(s, self.job.id, (RUNNING,), held_by=self.w.id,
+                                                        status=QUEUED, worker_id=None, estimated_finish=None):
+                add_event(s, self.job.id, f"The worker shut down at step {stop.step}; the job is queued "
+                                          "again and resumes from its last checkpoint", level="warn")
+                return
             if stop.reason == "lost" or not transition(s, self.job.id, None, held_by=self.w.id, worker_id=None,
                                                         estimated_finish=None):
                 return
@@ -487,7 +486,7 @@ class WorkerThread:
         self.worker = Worker(cfg, db)
         self.thread = threading.Thread(target=self.worker.run_forever, daemon=True, name="tunesmith-jobs-worker")
 
-    def start(self) -> "WorkerThread":
+    def start(self) -> WorkerThread:
         self.thread.start()
         return self
 
