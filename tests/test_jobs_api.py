@@ -330,3 +330,20 @@ def test_deleted_training_file_fails_validation(client, ctx):
     assert job["status"] == "failed" and isinstance(job["finished_at"], int)
     assert job["error"]["code"] == "invalid_training_file" and job["error"]["param"] == "training_file"
     assert train in job["error"]["message"]
+
+
+def test_sqlite_database_settings(tmp_path):
+    from sqlalchemy import text
+
+    from tunesmith.jobs.db import Database
+    from tunesmith.jobs.settings import JobsSettings
+    url = f"sqlite:///{tmp_path / 'deep' / 'jobs.db'}"
+    db = Database(url)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    assert {"files", "jobs", "events", "checkpoints"} <= set(db.engine.dialect.get_table_names(db.engine.connect()))
+    db.dispose()
+    # file bytes live beside the database unless told otherwise
+    assert JobsSettings(db_url=url).resolved_files_dir() == tmp_path / "deep" / "files"

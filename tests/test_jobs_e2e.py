@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from jobs_util import chat_rows, db_url_for, jsonl, settings_for
+from jobs_util import TEMPLATE, chat_rows, db_url_for, jsonl
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -27,12 +27,13 @@ def _wait_done(client, job_id: str, timeout: float = 120.0):
         time.sleep(0.05)
 
 
-def _server(serve_settings, jobs_settings, runs_dir):
-    from tunesmith.jobs.app import JobsParts
-    from tunesmith.jobs.worker import WorkerConfig
+def _server(serve_settings, db_url, runs_dir, template, **kw):
+    """Inference + jobs the way `tunesmith serve --jobs-db` wires them: one app, one worker thread."""
+    from tunesmith.jobs.app import parts_for_server
     from tunesmith.serve import create_app
     from tunesmith.serve.background import BackgroundServer
-    parts = JobsParts(jobs_settings, worker=WorkerConfig(db_url=jobs_settings.db_url, runs_dir=runs_dir, poll_s=0.05))
+    parts = parts_for_server(db_url, base_id=serve_settings.base_id, base_model=serve_settings.model,
+                             runs_dir=runs_dir, template=template, poll_s=0.05, **kw)
     app = create_app(serve_settings, sources=parts.sources, routers=parts.routers)
     return parts, BackgroundServer(app)
 
@@ -41,7 +42,7 @@ def test_openai_client_fine_tunes_and_chats(db_url, tmp_path, tiny_model_dir):
     from tunesmith.serve import ServeSettings
     serve_settings = ServeSettings(model=str(tiny_model_dir), model_id="tiny", device="cpu", api_keys=["sk-test"],
                                    default_max_tokens=8)
-    parts, server = _server(serve_settings, settings_for(db_url, tmp_path, tiny_model_dir), tmp_path / "runs")
+    parts, server = _server(serve_settings, db_url, tmp_path / "runs", TEMPLATE, files_dir=tmp_path / "files")
     with server as srv, parts.worker_running():
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="sk-test", max_retries=0)
         # authentication covers the jobs endpoints too
@@ -118,12 +119,11 @@ def test_openai_client_fine_tunes_and_chats(db_url, tmp_path, tiny_model_dir):
 @pytest.mark.slow
 def test_real_model_job_and_chat(tmp_path):
     """The built-in SmolLM2-135M-Instruct: a few LoRA steps through the API, then chat with the result."""
-    from tunesmith.jobs.settings import JobsSettings
     from tunesmith.serve import ServeSettings
     template = {"data": {"max_length": 128}, "train": {"max_steps": 3, "batch_size": 2, "eval_every": 2,
                                                        "save_every": 2}}
-    jobs_settings = JobsSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", template=template)
-    parts, server = _server(ServeSettings(device="cpu", default_max_tokens=16), jobs_settings, tmp_path / "runs")
+    parts, server = _server(ServeSettings(device="cpu", default_max_tokens=16), f"sqlite:///{tmp_path / 'jobs.db'}",
+                            tmp_path / "runs", template)
     with server as srv, parts.worker_running():
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
         rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},

@@ -233,18 +233,22 @@ def test_claims_are_atomic(client, ctx, tmp_path):
 def test_stale_jobs_are_recovered(client, ctx, tmp_path):
     from tunesmith.jobs.db import JobRow
     from tunesmith.jobs.worker import Worker
-    a, b, c = (create_job(client, rows=chat_rows(3))["id"] for _ in range(3))
+    a, b, c, d = (create_job(client, rows=chat_rows(3))["id"] for _ in range(4))
     w = Worker(worker_config(ctx, tmp_path, stale_s=5), ctx.db)
     w.validate_pending()
     old, fresh = time.time() - 60, time.time()
     with ctx.db.session() as s:
-        for job_id, status, beat in ((a, "running", old), (b, "running", fresh), (c, "paused", old)):
-            s.execute(update(JobRow).where(JobRow.id == job_id)
-                      .values(status=status, worker_id="elsewhere:1:gone", heartbeat_at=beat))
-    assert w.recover_stale() == [a]
+        for job_id, status, owner, beat in ((a, "running", "elsewhere:1:gone", old),
+                                            (b, "running", "elsewhere:1:gone", fresh),
+                                            (c, "paused", "elsewhere:1:gone", old),
+                                            (d, "running", w.id, fresh)):     # left over from this worker's crash
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(status=status, worker_id=owner,
+                                                                        heartbeat_at=beat))
+    assert sorted(w.recover_stale()) == sorted([a, d])
     with ctx.db.session() as s:
         state = {r.id: (r.status, r.worker_id) for r in s.execute(select(JobRow.id, JobRow.status, JobRow.worker_id))}
-    assert state == {a: ("queued", None), b: ("running", "elsewhere:1:gone"), c: ("paused", None)}
+    assert state == {a: ("queued", None), b: ("running", "elsewhere:1:gone"), c: ("paused", None),
+                     d: ("queued", None)}
     assert "resumes from its last checkpoint" in events(client, a)[-1]["message"]
 
 
@@ -264,6 +268,8 @@ def test_killed_worker_job_resumes_in_new_worker(client, ctx, tmp_path):
     try:
         ck = wait_for(lambda: client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"], timeout=60,
                       what="a first checkpoint")
+        waiting = create_job(client, rows=chat_rows(4), hyperparameters={"n_epochs": 1})["id"]
+        wait_for(lambda: job(client, waiting)["status"] == "queued", what="the second job to be queued")
         first.send_signal(signal.SIGKILL)
         first.wait(10)       # reaped: its pid is gone
     finally:
@@ -271,13 +277,16 @@ def test_killed_worker_job_resumes_in_new_worker(client, ctx, tmp_path):
             first.kill()
     before = events(client, job_id)
     assert job(client, job_id)["status"] == "running" and max(metrics_steps(before)) < 120, log.read_text()[-2000:]
+    assert job(client, waiting)["status"] == "queued"
     # a new worker (stale_after is long: the dead process is recognised by its pid on this host)
     Worker(worker_config(ctx, tmp_path, stale_s=30), ctx.db).run_until_idle()
     done = job(client, job_id)
     assert done["status"] == "succeeded", done["error"]
+    assert job(client, waiting)["status"] == "succeeded"
     evs = events(client, job_id)
     messages = [e["message"] for e in evs]
     assert any("The worker running this job stopped" in m for m in messages)
+    assert not any("stopped" in e["message"] for e in events(client, waiting))
     i = next(i for i, e in enumerate(evs) if e["message"].startswith("Resuming from checkpoint at step"))
     at = evs[i]["data"]["step"]
     assert at >= ck[-1]["step_number"] and at % 3 == 0
@@ -301,6 +310,20 @@ def test_worker_shutdown_requeues_running_job(client, ctx, tmp_path):
     Worker(worker_config(ctx, tmp_path), ctx.db).run_until_idle()
     assert job(client, job_id)["status"] == "succeeded"
     assert any(e["message"].startswith("Resuming from checkpoint") for e in events(client, job_id))
+
+
+def test_standalone_app_with_worker_thread(db_url, tmp_path, tiny_model_dir):
+    from tunesmith.jobs.app import create_app
+    from tunesmith.jobs.worker import WorkerConfig
+    settings = settings_for(db_url, tmp_path, tiny_model_dir)
+    app = create_app(settings, worker=WorkerConfig(db_url=db_url, runs_dir=tmp_path / "runs", poll_s=0.02))
+    with TestClient(app) as c:
+        created = create_job(c, rows=chat_rows(8), hyperparameters={"n_epochs": 1})
+        wait_for(lambda: job(c, created["id"])["status"] == "succeeded", what="the job to succeed")
+        missing = c.get("/v1/nothing-here")
+        assert missing.status_code == 404
+    assert not app.state.jobs._thread        # the worker stopped with the app
+    app.state.jobs.ctx.db.dispose()
 
 
 def test_cli_worker_once(client, ctx, tmp_path):

@@ -10,7 +10,7 @@ from .api import jobs_router
 from .errors import envelope
 from .files import files_router
 from .recipe import check_template
-from .settings import JobsContext, JobsSettings
+from .settings import JobsContext, JobsSettings, load_template
 from .worker import WorkerConfig, WorkerThread
 
 
@@ -45,6 +45,18 @@ class JobsParts:
             yield self
         finally:
             self.stop_worker()
+
+
+def parts_for_server(db_url: str, *, base_id: str, base_model: str, runs_dir, template=None, files_dir=None,
+                     worker: bool = True, max_upload_mb: float = 512, organization: str = "tunesmith",
+                     poll_s: float = 1.0) -> JobsParts:
+    """The jobs API for an inference server serving ``base_model`` as ``base_id``: clients fine-tune
+    that model by its API id; ``template`` is a recipe YAML path or dict of job defaults; with
+    ``worker`` a worker thread trains jobs into ``runs_dir`` (start it with ``worker_running()``)."""
+    settings = JobsSettings(db_url=db_url, files_dir=files_dir, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                            organization=organization, template=load_template(template),
+                            models={base_id: base_model})
+    return JobsParts(settings, worker=WorkerConfig(db_url=db_url, runs_dir=runs_dir, poll_s=poll_s) if worker else None)
 
 
 def create_app(settings: JobsSettings, *, worker: WorkerConfig | None = None, dependencies=()) -> FastAPI:

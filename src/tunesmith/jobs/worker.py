@@ -85,14 +85,18 @@ class Worker:
 
     def recover_stale(self) -> list[str]:
         """Release jobs held by dead workers; a job left `running` is queued again (it resumes from
-        its last checkpoint). Returns the ids of requeued jobs."""
+        its last checkpoint). Returns the ids of requeued jobs.
+
+        A holder is dead when its heartbeat is older than ``stale_s``, when it is a process of this
+        host that no longer exists, or when it is this worker itself (called between jobs, so
+        anything still held is left over from a failure)."""
         cutoff = time.time() - self.cfg.stale_s
         with self.db.session() as s:
             held = s.execute(select(JobRow.id, JobRow.status, JobRow.worker_id, JobRow.heartbeat_at)
-                             .where(JobRow.worker_id.is_not(None), JobRow.worker_id != self.id)).all()
+                             .where(JobRow.worker_id.is_not(None))).all()
         requeued = []
         for job_id, status, owner, beat in held:
-            if not (beat is None or beat < cutoff or _dead_here(owner)):
+            if not (owner == self.id or beat is None or beat < cutoff or _dead_here(owner)):
                 continue
             with self.db.session() as s:
                 if status == RUNNING and transition(s, job_id, (RUNNING,), held_by=owner, status=QUEUED,
@@ -191,6 +195,9 @@ class Worker:
 
 
 class _Heartbeat(threading.Thread):
+    """While a job trains: keep its heartbeat fresh, and validate newly created jobs meanwhile (so
+    they reach `queued` even when every worker is busy)."""
+
     def __init__(self, worker: Worker, job_id: str):
         super().__init__(daemon=True, name=f"heartbeat-{job_id}")
         self.worker, self.job_id, self.done = worker, job_id, threading.Event()
@@ -203,6 +210,10 @@ class _Heartbeat(threading.Thread):
                               .values(heartbeat_at=time.time()).execution_options(synchronize_session=False))
             except Exception:
                 log.exception("heartbeat of %s failed", self.job_id)
+            try:
+                self.worker.validate_pending()
+            except Exception:
+                log.exception("validating new jobs failed")
 
 
 class _JobRun:
