@@ -333,7 +333,7 @@ def test_deleted_training_file_fails_validation(client, ctx):
 
 
 def test_sqlite_database_settings(tmp_path):
-    from sqlalchemy import text
+    from sqlalchemy import inspect, text
 
     from tunesmith.jobs.db import Database
     from tunesmith.jobs.settings import JobsSettings
@@ -343,7 +343,7 @@ def test_sqlite_database_settings(tmp_path):
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-    assert {"files", "jobs", "events", "checkpoints"} <= set(db.engine.dialect.get_table_names(db.engine.connect()))
+    assert {"files", "jobs", "events", "checkpoints"} <= set(inspect(db.engine).get_table_names())
     db.dispose()
     # file bytes live beside the database unless told otherwise
     assert JobsSettings(db_url=url).resolved_files_dir() == tmp_path / "deep" / "files"
