@@ -2,16 +2,17 @@
 
 Routers: ``files_router(ctx)`` (`/v1/files`) and ``jobs_router(ctx)`` (`/v1/fine_tuning/jobs`) over a
 ``JobsContext(JobsSettings(...))``; ``Worker``/``WorkerThread`` train queued jobs with
-``tunesmith.pipeline.run``; ``JobsModelSource`` lists succeeded jobs' fine-tuned models for serving.
+``tunesmith.pipeline.run``; ``JobsModelSource`` lists succeeded jobs' fine-tuned models for serving; ``parts_for_server`` /
+``JobsParts`` bundle routers, source and an in-process worker for `tunesmith serve`.
 """
 from __future__ import annotations
 
 __all__ = ["JobsSettings", "JobsContext", "files_router", "jobs_router", "Worker", "WorkerConfig",
-           "WorkerThread", "JobsModelSource", "create_app"]
+           "WorkerThread", "JobsModelSource", "JobsParts", "parts_for_server", "create_app"]
 
 _WHERE = {"JobsSettings": "settings", "JobsContext": "settings", "files_router": "files", "jobs_router": "api",
           "Worker": "worker", "WorkerConfig": "worker", "WorkerThread": "worker", "JobsModelSource": "source",
-          "create_app": "app"}
+          "JobsParts": "app", "parts_for_server": "app", "create_app": "app"}
 
 
 def __getattr__(name):   # lazy: importing the package does not import FastAPI or SQLAlchemy
