@@ -1,0 +1,260 @@
+"""`/v1/fine_tuning/jobs`: create, list, get, cancel, pause, resume, events and checkpoints."""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from .. import models as model_catalogue
+from .db import (CANCELLED, PAUSED, QUEUED, RUNNING, VALIDATING, CheckpointRow, EventRow, JobRow,
+                 add_event, new_id, now, page, transition)
+from .errors import APIError, ErrorRoute, bad_request, not_found
+from .files import FINE_TUNE_FORMATS, get_file
+from .recipe import JOB_HYPERPARAMETERS, check_hyperparameters, job_recipe, parse_method, resolve
+from .settings import JobsContext
+
+SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_SEED = 2147483647
+
+
+def fine_tuned_name(base: str, org: str, suffix: str | None, job_id: str) -> str:
+    """``ft:{base}:{org}:{suffix}:{short id}`` (the suffix segment is empty without a suffix)."""
+    return f"ft:{base}:{org}:{suffix or ''}:{job_id[-8:]}"
+
+
+def job_object(row: JobRow) -> dict:
+    hp = row.hyperparameters or {}
+    top = {k: hp.get(k, "auto") for k in JOB_HYPERPARAMETERS}
+    method_hp = {**top, **({"beta": hp.get("beta", "auto")} if row.method_type == "dpo" else {})}
+    return {
+        "object": "fine_tuning.job", "id": row.id, "created_at": row.created_at, "error": row.error,
+        "fine_tuned_model": row.fine_tuned_model, "finished_at": row.finished_at, "hyperparameters": top,
+        "model": row.model, "organization_id": row.organization_id, "result_files": list(row.result_files or []),
+        "seed": row.seed, "status": row.status, "trained_tokens": row.trained_tokens,
+        "training_file": row.training_file, "validation_file": row.validation_file,
+        "estimated_finish": row.estimated_finish if row.status == RUNNING else None,
+        "integrations": row.integrations, "metadata": row.meta,
+        "method": {"type": row.method_type, row.method_type: {"hyperparameters": method_hp}},
+        "user_provided_suffix": row.suffix,
+    }
+
+
+def event_object(row: EventRow) -> dict:
+    return {"object": "fine_tuning.job.event", "id": row.id, "created_at": row.created_at, "level": row.level,
+            "message": row.message, "type": row.type, "data": row.data}
+
+
+def checkpoint_object(row: CheckpointRow) -> dict:
+    return {"object": "fine_tuning.job.checkpoint", "id": row.id, "created_at": row.created_at,
+            "fine_tuned_model_checkpoint": row.fine_tuned_model_checkpoint, "fine_tuning_job_id": row.job_id,
+            "step_number": row.step_number, "metrics": row.metrics}
+
+
+def _resolve_model(ctx: JobsContext, name) -> str:
+    """The recipe `model.name` for the model a client asked for, or 400."""
+    if not isinstance(name, str) or not name:
+        raise bad_request("Missing required parameter: 'model'", param="model")
+    aliases = ctx.settings.models
+    if name in aliases:
+        return aliases[name]
+    if name in model_catalogue.CATALOGUE or ctx.settings.allow_any_model:
+        return name
+    known = sorted({*aliases, *model_catalogue.CATALOGUE})
+    raise bad_request(f"The model `{name}` does not exist or is not available for fine-tuning; available: "
+                      f"{', '.join(known)}", param="model", code="model_not_found")
+
+
+def _training_input(ctx: JobsContext, file_id, param: str, kind: str):
+    if not isinstance(file_id, str) or not file_id:
+        raise bad_request(f"Missing required parameter: '{param}'", param=param)
+    try:
+        row = get_file(ctx, file_id)
+    except APIError:
+        raise bad_request(f"Invalid {param}: no such file {file_id}", param=param,
+                          code="file_not_found") from None
+    if row.purpose != "fine-tune":
+        raise bad_request(f"Invalid {param}: file {file_id} has purpose '{row.purpose}'; expected 'fine-tune'",
+                          param=param, code="invalid_file_purpose")
+    wants = FINE_TUNE_FORMATS.get(row.format or "")
+    if wants != kind:
+        shown = {"supervised": "chat 'messages' or 'prompt'+'completion' examples",
+                 "dpo": "preference pairs ('input', 'preferred_output', 'non_preferred_output')"}[kind]
+        raise bad_request(f"Invalid {param}: file {file_id} holds '{row.format}' examples; method '{kind}' "
+                          f"needs {shown}", param=param, code="invalid_file_format")
+    return row
+
+
+def _check_metadata(meta):
+    if meta is None:
+        return None
+    if not isinstance(meta, dict) or len(meta) > 16:
+        raise bad_request("'metadata' must be an object of at most 16 string pairs", param="metadata")
+    for k, v in meta.items():
+        if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
+            raise bad_request(f"Invalid metadata entry {k!r}: keys are strings of at most 64 characters and "
+                              "values strings of at most 512", param=f"metadata.{k}")
+    return dict(meta)
+
+
+def _create(ctx: JobsContext, body: dict) -> dict:
+    model_name = body.get("model")
+    recipe_model = _resolve_model(ctx, model_name)
+    kind, requested, where = parse_method(body)
+    hp = check_hyperparameters(requested, kind, where)
+    train = _training_input(ctx, body.get("training_file"), "training_file", kind)
+    valid = None
+    if body.get("validation_file") is not None:
+        valid = _training_input(ctx, body["validation_file"], "validation_file", kind)
+    suffix = body.get("suffix")
+    if suffix is not None and (not isinstance(suffix, str) or not SUFFIX.match(suffix)):
+        raise bad_request("Invalid 'suffix': expected 1 to 64 letters, digits, '.', '_' or '-'", param="suffix")
+    seed = body.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise bad_request(f"Invalid 'seed': expected an integer from 0 to {MAX_SEED}", param="seed")
+    meta = _check_metadata(body.get("metadata"))
+    integrations = body.get("integrations")
+    if integrations is not None and not isinstance(integrations, list):
+        raise bad_request("'integrations' must be a list", param="integrations")
+    job_id = new_id("ftjob-")
+    template = ctx.settings.job_template()
+    resolved = resolve(template, kind, hp, train.examples or 0)
+    recipe = job_recipe(template, job_id=job_id, model=recipe_model, kind=kind, data_format=train.format,
+                        hp=resolved, seed=seed, where=where)
+    row = JobRow(id=job_id, created_at=now(), model=model_name, status=VALIDATING, training_file=train.id,
+                 validation_file=valid.id if valid else None, suffix=suffix, seed=seed, method_type=kind,
+                 hyperparameters=resolved, meta=meta, integrations=integrations,
+                 organization_id=ctx.settings.organization, recipe=recipe, result_files=[])
+    with ctx.db.session() as s:
+        s.add(row)
+        s.flush()
+        add_event(s, job_id, f"Created fine-tuning job: {job_id}")
+        add_event(s, job_id, f"Validating training file: {train.id}"
+                  + (f" and validation file: {valid.id}" if valid else ""))
+        if integrations:
+            add_event(s, job_id, "Integrations are not supported by this server and are ignored: "
+                      + ", ".join(sorted({str(i.get('type')) if isinstance(i, dict) else '?'
+                                          for i in integrations})), level="warn")
+    return job_object(row)
+
+
+def _job(ctx: JobsContext, job_id: str) -> JobRow:
+    with ctx.db.session() as s:
+        row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+    if row is None:
+        raise not_found(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+    return row
+
+
+def _change(ctx: JobsContext, job_id: str, allowed: tuple[str, ...], action: str, to: str, message: str,
+            **values) -> dict:
+    """Move a job from one of ``allowed`` to ``to`` (atomically) or answer 400 naming its status."""
+    _job(ctx, job_id)
+    with ctx.db.session() as s:
+        if transition(s, job_id, allowed, status=to, **values):
+            add_event(s, job_id, message)
+            changed = True
+        else:
+            changed = False
+    row = _job(ctx, job_id)
+    if not changed:
+        done = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}[action]
+        raise bad_request(f"Cannot {action} job {job_id}: its status is '{row.status}'; only "
+                          f"{' or '.join(allowed)} jobs can be {done}", param="fine_tuning_job_id",
+                          code="invalid_job_state")
+    return job_object(row)
+
+
+def jobs_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
+    """The `/v1/fine_tuning/jobs` endpoints over ``ctx`` (errors in OpenAI's envelope)."""
+    router = APIRouter(route_class=ErrorRoute, dependencies=list(dependencies), tags=["fine-tuning"])
+
+    @router.post("/v1/fine_tuning/jobs")
+    async def create_job(request: Request):
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise bad_request("The request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object")
+        return await run_in_threadpool(_create, ctx, body)
+
+    @router.get("/v1/fine_tuning/jobs")
+    def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
+        wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                  if k.startswith("metadata[") and k.endswith("]")}
+        with ctx.db.session() as s:
+            after_seq = None
+            if after:
+                after_seq = s.scalar(select(JobRow.seq).where(JobRow.id == after))
+                if after_seq is None:
+                    raise bad_request(f"Invalid 'after': no fine-tuning job {after}", param="after")
+            if not wanted:
+                rows, more = page(s, JobRow, after_seq=after_seq, limit=limit)
+            else:       # metadata filters: scan newest first in chunks, keep matches
+                rows, more, cursor = [], False, after_seq
+                while True:
+                    chunk, has_more = page(s, JobRow, after_seq=cursor, limit=200)
+                    for r in chunk:
+                        if all((r.meta or {}).get(k) == v for k, v in wanted.items()):
+                            if len(rows) == limit:
+                                more = True
+                                break
+                            rows.append(r)
+                    if more or not has_more:
+                        break
+                    cursor = chunk[-1].seq
+        return {"object": "list", "data": [job_object(r) for r in rows], "has_more": more}
+
+    @router.get("/v1/fine_tuning/jobs/{job_id}")
+    def retrieve_job(job_id: str):
+        return job_object(_job(ctx, job_id))
+
+    @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str):
+        return _change(ctx, job_id, (VALIDATING, QUEUED, RUNNING, PAUSED), "cancel", CANCELLED,
+                       "Fine-tuning job cancelled", finished_at=now())
+
+    @router.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    def pause_job(job_id: str):
+        return _change(ctx, job_id, (QUEUED, RUNNING), "pause", PAUSED,
+                       "Pause requested: training stops at its next checkpoint")
+
+    @router.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    def resume_job(job_id: str):
+        return _change(ctx, job_id, (PAUSED,), "resume", QUEUED,
+                       "Job resumed: waiting for a worker to continue from the last checkpoint")
+
+    @router.get("/v1/fine_tuning/jobs/{job_id}/events")
+    def list_events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
+        _job(ctx, job_id)
+        with ctx.db.session() as s:
+            after_seq = None
+            if after:
+                after_seq = s.scalar(select(EventRow.seq).where(EventRow.id == after, EventRow.job_id == job_id))
+                if after_seq is None:
+                    raise bad_request(f"Invalid 'after': no event {after} in job {job_id}", param="after")
+            rows, more = page(s, EventRow, EventRow.job_id == job_id, after_seq=after_seq, limit=limit)
+        return {"object": "list", "data": [event_object(r) for r in rows], "has_more": more}
+
+    @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+    def list_checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=1000)):
+        _job(ctx, job_id)
+        with ctx.db.session() as s:
+            after_seq = None
+            if after:
+                after_seq = s.scalar(select(CheckpointRow.seq).where(CheckpointRow.id == after,
+                                                                     CheckpointRow.job_id == job_id))
+                if after_seq is None:
+                    raise bad_request(f"Invalid 'after': no checkpoint {after} in job {job_id}", param="after")
+            rows, more = page(s, CheckpointRow, CheckpointRow.job_id == job_id, after_seq=after_seq, limit=limit)
+        data = [checkpoint_object(r) for r in rows]
+        return {"object": "list", "data": data, "has_more": more,
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+    return router
