@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
+import typer
 
 from .errors import TunesmithError
 
@@ -312,3 +313,23 @@ def export_run_gguf(run_dir: str | Path, qtypes: list[str] | tuple[str, ...]) ->
                              "export.merged: true and a mergeable method", file=str(run_dir))
     return [export_gguf(merged, run_dir / "export" / gguf_filename(run_dir.name, q), q, name=run_dir.name)
             for q in dict.fromkeys(qtypes)]
+
+
+def parse_quant(quant: str) -> list[str]:
+    """``"f16,q8_0"`` -> ``["f16", "q8_0"]``, rejecting unknown types with one clear line."""
+    qtypes = [q.strip().lower() for q in quant.split(",") if q.strip()]
+    bad = [q for q in qtypes if q not in QTYPES]
+    if bad or not qtypes:
+        raise TunesmithError(f"unknown GGUF type(s) {', '.join(bad) or '(none given)'}; expected a comma-separated "
+                             f"list of {', '.join(QTYPES)}", field="--quant")
+    return qtypes
+
+
+def export_command(run_dir: str = typer.Argument(..., help="Run directory with an exported merged model."),
+                   format: str = typer.Option("gguf", "--format", help="Export format (gguf)."),
+                   quant: str = typer.Option("f16,q8_0", "--quant", help="GGUF types, comma-separated: f16, q8_0.")):
+    """Write llama.cpp GGUF files of a run's merged model into its export/ folder."""
+    if format != "gguf":
+        raise TunesmithError(f"unknown export format '{format}'; expected gguf", field="--format")
+    from rich.console import Console
+    Console().print_json(data=export_run_gguf(run_dir, parse_quant(quant)))
