@@ -202,3 +202,54 @@ def test_llama_cpp_loads_the_file_and_matches_transformers(exported, tiny_model_
         assert got == ids
     finally:
         llm.close()
+
+
+REAL_RUN = Path("/tmp/fresh4/runs/sentiment-001")
+GENERAL_PROMPTS = ["Write one sentence about the sea.", "What is the capital of France?",
+                   "Give me three tips for a good night's sleep.", "Explain what a movie review is.",
+                   "Translate 'good morning' into French.", "Name two colours of the rainbow."]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_RUN / "export" / "merged" / "config.json").is_file(), reason="real sentiment run absent")
+def test_real_sentiment_model_f16_and_q8_0_in_llama_cpp(tmp_path, monkeypatch):
+    """The merged SmolLM2 sentiment model: llama.cpp greedy replies vs transformers, with its chat template."""
+    import os
+    monkeypatch.setenv("TUNESMITH_HOME", os.environ.get("TUNESMITH_REAL_HOME")
+                       or os.path.expanduser("~/.cache/tunesmith"))    # the converted base model, not a re-conversion
+    pytest.importorskip("llama_cpp", reason="llama_cpp not installed (optional extra gguf-runtime)")
+    from transformers import AutoTokenizer
+
+    from tunesmith.eval.generate import render_prompt
+    from tunesmith.verify import compare, llama_cpp_replies, transformers_replies, verify
+    run = tmp_path / REAL_RUN.name
+    shutil.copytree(REAL_RUN, run, ignore=shutil.ignore_patterns("checkpoints"))
+    infos = export_run_gguf(run, ["f16", "q8_0"])
+    assert [i["qtype"] for i in infos] == ["f16", "q8_0"]
+    assert infos[1]["bytes"] < 0.6 * infos[0]["bytes"]
+
+    # the run's own test prompts through every artifact (reference: adapter on base)
+    result = verify(run, prompts=8, print_table=False)
+    arts = result["artifacts"]
+    assert arts["merged"]["identical"] == 8
+    f16, q8 = arts[f"{run.name}-f16.gguf"], arts[f"{run.name}-q8_0.gguf"]
+    assert f16["tokenizer_mismatches"] == 0 and f16["chat_template_matches"] is True
+    assert f16["identical"] >= 7, f16
+    print(f"\nrun prompts: f16 {f16['identical']}/8, q8_0 {q8['identical']}/8 identical")
+
+    # longer open-ended replies from the merged model (a harder test of numerical agreement)
+    merged = run / "export" / "merged"
+    tok = AutoTokenizer.from_pretrained(merged)
+    chats = [[{"role": "user", "content": p}] for p in GENERAL_PROMPTS]
+    texts = [render_prompt(tok, c) for c in chats]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    ref = transformers_replies(model, tok, ids, 32)
+    agreement = {}
+    for info in infos:
+        replies, extra = llama_cpp_replies(Path(info["path"]), tok, ids, 32, texts)
+        assert extra["tokenizer_mismatches"] == 0
+        agreement[info["qtype"]] = cmp = compare(ref, replies, chats)
+        print(f"open prompts, {info['qtype']}: {cmp['identical']}/{len(chats)} identical; "
+              + "; ".join(f"token {m['first_diff_token']}" for m in cmp["mismatches"]))
+    assert agreement["f16"]["identical"] >= len(chats) - 1, agreement["f16"]
