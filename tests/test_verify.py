@@ -17,7 +17,7 @@ from conftest import sentiment_rows
 from tunesmith import pipeline, verify as verify_mod
 from tunesmith.errors import TunesmithError
 from tunesmith.gguf_export import export_run_gguf
-from tunesmith.verify import verify
+from tunesmith.verify import verify, verify_after_export
 
 HAS_LLAMA_CPP = verify_mod.llama_cpp_available()[0]
 
@@ -164,6 +164,7 @@ def test_broken_merged_model_is_reported(tiny_run, tmp_path):
 def test_server_differences_and_errors(tiny_run, tmp_path, fake_server):
     run = _copy(tiny_run, tmp_path)
     url, _ = fake_server(tamper=True)
+    assert verify_after_export(run, prompts=2)["ok"] is True      # without a server everything matches
     result = verify(run, server_url=url + "/v1", prompts=2, print_table=False)
     server = result["artifacts"]["server"]
     assert result["ok"] is False and server["identical"] == 0
@@ -197,6 +198,7 @@ def test_missing_merged_is_skipped_and_untrained_run_is_an_error(tiny_run, tmp_p
         p.unlink()
     result = verify(run, prompts=1, print_table=False)
     assert result["artifacts"]["merged"]["status"] == "skipped" and result["compared"] == 0
+    assert verify_after_export(run) is None        # nothing exported to check at the end of a run
     shutil.rmtree(run / "model")
     with pytest.raises(TunesmithError, match="no trained model"):
         verify(run, prompts=1, print_table=False)
@@ -214,3 +216,20 @@ def test_q8_0_is_compared_and_reported(tiny_run, tmp_path):
     assert q8["identical"] + len(q8["mismatches"]) >= 4 - len(q8["stop_differences"])
     assert result["ok"] is (all(a["identical"] == a["prompts"] for a in result["artifacts"].values()
                                 if a["status"] == "compared"))
+
+
+def test_export_command_writes_gguf_into_the_run(tiny_run, tmp_path):
+    import typer
+
+    from tunesmith.gguf_export import export_command
+    run = _copy(tiny_run, tmp_path)
+    app = typer.Typer()
+    app.command()(export_command)
+    res = CliRunner().invoke(app, [str(run), "--format", "gguf", "--quant", "q8_0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["path"] == str(run / "export" / "tiny-001-q8_0.gguf")
+    assert (run / "export" / "tiny-001-q8_0.gguf").read_bytes()[:4] == b"GGUF"
+    res = CliRunner().invoke(app, [str(run), "--quant", "q4_k"])
+    assert isinstance(res.exception, TunesmithError) and "q4_k" in str(res.exception)
+    res = CliRunner().invoke(app, [str(run), "--format", "onnx"])
+    assert isinstance(res.exception, TunesmithError) and "expected gguf" in str(res.exception)

@@ -244,6 +244,25 @@ def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str |
     return result
 
 
+def verify_after_export(run_dir: str | Path, prompts: int = 8) -> dict | None:
+    """The end-of-run check (``export.verify``): verify when there is something to compare, else None.
+
+    Nothing to compare: a classification run, a run whose test split has no chat prompts
+    (plain-text data), or no merged model and no GGUF file in ``export/``.
+    """
+    from .data.prepare import load_splits
+    from .pipeline import Run
+    run = Run(Path(run_dir))
+    export = run.path / "export"
+    if run.recipe.objective.name == "classification" or not (
+            (export / "merged" / "config.json").is_file() or any(export.glob("*.gguf"))):
+        return None
+    splits, _ = load_splits(run.path / "data")
+    if not any(ex.messages for ex in splits["test"]):
+        return None
+    return verify(run.path, prompts=prompts)
+
+
 def print_report(result: dict) -> None:
     """A rich table: one row per artifact with identical count, mismatches and stop differences."""
     from rich.table import Table
@@ -252,7 +271,7 @@ def print_report(result: dict) -> None:
     table = Table(title=f"verify {result['run']} ({result['prompts']} prompts, "
                         f"max_new_tokens {result['max_new_tokens']}, reference: adapter-on-base)")
     for col in ("artifact", "runtime", "identical", "mismatches", "stop differences", "note"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name, a in result["artifacts"].items():
         if a["status"] != "compared":
             table.add_row(name, a["kind"], "-", "-", "-", f"skipped: {a['reason']}")
