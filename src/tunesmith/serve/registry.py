@@ -1,0 +1,454 @@
+"""Model ids -> servable models: the base, run directories, pluggable sources; adapters loaded on one
+shared base and evicted least-recently-used beyond a memory budget."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .engine import TokenText, decode_batch
+from .schema import OpenAIError, bad_request, model_not_found
+
+# peft methods whose adapters are LoRA modules: several of them share one wrapped base
+LORA_FAMILY = {"lora", "dora", "rslora"}
+PROMPT_LEARNING = {"prompt_tuning", "prefix_tuning"}
+_GGUF_TAG = re.compile(r"(?:^|[-_.])((?:f|bf)16|f32|q\d(?:_[0-9a-z]+)*)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A fine-tuned model offered by a source: its API id and the run directory holding it."""
+
+    id: str
+    run_dir: Path
+    created: int
+    owned_by: str = "tunesmith"
+
+
+@runtime_checkable
+class ModelSource(Protocol):
+    """Anything that lists servable fine-tuned models; queried on every lookup and listing."""
+
+    def models(self) -> list[ServedModel]: ...
+
+
+def is_run_dir(path: Path) -> bool:
+    """A finished run: a recipe plus a trained model (``model/``) or a merged export."""
+    return (path / "recipe.yaml").is_file() and (
+        (path / "model").is_dir() or (path / "export" / "merged" / "config.json").is_file())
+
+
+class RunsSource:
+    """Run directories under one or more roots (or given directly); id = the run directory's name."""
+
+    def __init__(self, roots: Sequence[Path | str], owned_by: str = "tunesmith"):
+        self.roots = [Path(r).expanduser() for r in roots]
+        self.owned_by = owned_by
+
+    def models(self) -> list[ServedModel]:
+        out = []
+        for root in self.roots:
+            candidates = [root] if is_run_dir(root) else \
+                sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            for path in candidates:
+                if is_run_dir(path):
+                    out.append(ServedModel(path.name, path.resolve(), _created(path), self.owned_by))
+        return out
+
+
+def _created(path: Path) -> int:
+    try:
+        return int(json.loads((path / "run.json").read_text())["created_ts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return int((path / "recipe.yaml").stat().st_mtime)
+    except OSError:
+        return int(time.time())
+
+
+def gguf_tag(path: Path) -> str:
+    """``model-q8_0.gguf`` -> ``q8_0``; a name without a quantisation type keeps its whole stem."""
+    m = _GGUF_TAG.search(path.stem)
+    return (m.group(1) if m else path.stem).lower()
+
+
+@dataclass
+class ModelInfo:
+    """What the server knows about one id without loading weights.
+
+    ``kind``: ``base``; ``adapter`` (LoRA-family adapter on the shared base); ``separate`` (its own
+    weights: the merged export, or the run's base with the method's weights loaded on it); ``gguf``
+    (llama.cpp); ``refused`` (listed, but generation answers 400 with ``reason``).
+    """
+
+    id: str
+    kind: str
+    created: int
+    owned_by: str
+    run_dir: Path | None = None
+    method: str | None = None
+    objective: str | None = None
+    weights: Path | None = None        # adapter dir, merged dir or .gguf file
+    tokenizer_dir: Path | None = None
+    reason: str | None = None
+    parent: str | None = None
+
+    def refusal(self) -> bool:
+        return self.kind == "refused"
+
+    def card(self) -> dict:
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+
+
+class Runner:
+    """Decodes one batch with a transformers model inside ``context()`` (e.g. the active adapter)."""
+
+    def __init__(self, model, decoder: TokenText, eos_ids: list[int], pad_id: int, context=nullcontext,
+                 on_step=None):
+        self.model, self.decoder, self.eos_ids, self.pad_id = model, decoder, eos_ids, pad_id
+        self.context, self.on_step = context, on_step
+
+    def run(self, seqs) -> int:
+        with self.context():
+            return decode_batch(self.model, self.decoder, self.eos_ids, self.pad_id, seqs, self.on_step)
+
+
+@dataclass
+class _Loaded:
+    info: ModelInfo
+    nbytes: int
+    runner: object
+    adapter_name: str | None = None
+    release: object = None
+
+
+def _param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + \
+        sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+class Registry:
+    """Resolves ids, lends tokenizers to request handlers, and (on the engine thread only) loads,
+    switches and evicts models.
+
+    LoRA-family runs trained on the server's base become named adapters of ONE peft wrapper around
+    the shared base (``load_adapter``/``set_adapter``; the base itself runs with adapters disabled).
+    Other runs are separate models: the merged export when present, else the run's base with the
+    method's own ``load``. Both count against ``adapter_budget_mb`` (adapter parameter bytes, or the
+    whole model's bytes); the least recently used are evicted beyond it.
+    """
+
+    def __init__(self, settings, sources: Sequence[ModelSource] = (), metrics=None):
+        self.settings = settings
+        self.sources: list[ModelSource] = ([RunsSource(settings.runs)] if settings.runs else []) + list(sources)
+        self.metrics = metrics
+        self.device = settings.resolved_device()
+        self.budget = int(settings.adapter_budget_mb * 1024 * 1024)
+        self.started = int(time.time())
+        self._meta: dict[tuple, ModelInfo] = {}
+        self._tok_lock = threading.Lock()
+        self._tokenizers: OrderedDict[str, TokenText] = OrderedDict()
+        self._contexts: dict[str, int] = {}
+        self._base = None          # (model, TokenText)
+        self._peft = None          # peft wrapper around the base while any adapter is loaded
+        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
+        self._names = 0
+        self._base_path = None
+        self._gguf_available: bool | None = None
+
+    # ---- listing and lookup (any thread) ----------------------------------------------------------
+    def base_info(self) -> ModelInfo:
+        s = self.settings
+        if s.model.endswith(".gguf") and self.gguf_available():
+            return ModelInfo(s.base_id, "gguf", self.started, "tunesmith", weights=Path(s.model).expanduser(),
+                             tokenizer_dir=None)
+        return ModelInfo(s.base_id, "base", self.started, "tunesmith")
+
+    def gguf_available(self) -> bool:
+        if self._gguf_available is None:
+            from .gguf_backend import available
+            self._gguf_available = self.settings.gguf and available()
+        return self._gguf_available
+
+    def list(self) -> list[ModelInfo]:
+        out: dict[str, ModelInfo] = {}
+        base = self.base_info()
+        out[base.id] = base
+        for source in self.sources:
+            for served in source.models():
+                if served.id in out:
+                    continue
+                info = self._describe(served)
+                out[served.id] = info
+                if self.gguf_available() and info.run_dir is not None:
+                    for f in sorted((info.run_dir / "export").glob("*.gguf")):
+                        gid = f"{served.id}:gguf-{gguf_tag(f)}"
+                        out.setdefault(gid, ModelInfo(gid, "gguf", served.created, served.owned_by,
+                                                      run_dir=info.run_dir, method=info.method, weights=f,
+                                                      tokenizer_dir=info.tokenizer_dir, parent=served.id))
+        return list(out.values())
+
+    def get(self, model_id: str) -> ModelInfo:
+        for info in self.list():
+            if info.id == model_id:
+                return info
+        raise model_not_found(model_id)
+
+    def _describe(self, served: ServedModel) -> ModelInfo:
+        run_dir = Path(served.run_dir)
+        stamp = tuple(_mtime(run_dir / rel) for rel in ("recipe.yaml", "model/tunesmith.json",
+                                                       "export/merged/config.json"))
+        key = (served.id, str(run_dir), stamp)
+        hit = self._meta.get(key)
+        if hit is None:
+            hit = self._meta[key] = self._inspect(served, run_dir)
+        return hit
+
+    def _inspect(self, served: ServedModel, run_dir: Path) -> ModelInfo:
+        info = ModelInfo(served.id, "refused", int(served.created), served.owned_by, run_dir=run_dir,
+                         parent=self.settings.base_id)
+        merged = run_dir / "export" / "merged"
+        has_merged = (merged / "config.json").is_file()
+        for cand in (run_dir / "model", run_dir / "export" / "adapter", merged):
+            if (cand / "tokenizer_config.json").is_file():
+                info.tokenizer_dir = cand
+                break
+        try:
+            from ..pipeline import Run
+            recipe = Run(run_dir).recipe
+        except Exception as e:   # a recipe this version cannot read: listed, not servable
+            info.reason = f"cannot read the run's recipe ({str(e).splitlines()[0]})"
+            return info
+        meta = {}
+        try:
+            meta = json.loads((run_dir / "model" / "tunesmith.json").read_text())
+        except (OSError, ValueError):
+            pass
+        info.method = meta.get("method", recipe.method.name)
+        info.objective = meta.get("objective", recipe.objective.name)
+        if info.tokenizer_dir is None:
+            info.reason = "the run has no saved tokenizer (model/ or export/)"
+        elif info.objective == "classification":
+            info.reason = ("this run trained a classification head, which predicts labels rather than "
+                           "generating text; it cannot serve completions")
+        elif info.method in LORA_FAMILY and info.objective != "distill" and \
+                (run_dir / "model" / "adapter_config.json").is_file() and self._same_base(recipe.model.name):
+            info.kind, info.weights = "adapter", run_dir / "model"
+        elif has_merged:
+            info.kind, info.weights = "separate", merged
+        elif info.method in PROMPT_LEARNING:
+            info.reason = (f"method '{info.method}' (virtual tokens) is not servable by this server; "
+                           "serve a LoRA-family or mergeable run")
+        elif info.objective == "distill":
+            info.reason = "a distilled student is served from its merged export; run `tunesmith export` first"
+        elif (run_dir / "model").is_dir():
+            info.kind, info.weights = "separate", run_dir / "model"
+        else:
+            info.reason = "the run has no trained model"
+        return info
+
+    def _same_base(self, name: str) -> bool:
+        if name == self.settings.model:
+            return True
+        from .. import models
+        try:
+            if self._base_path is None:
+                self._base_path = Path(models.resolve(self.settings.model)).resolve()
+            other = models.resolve(name)
+            return isinstance(other, Path) and other.resolve() == self._base_path
+        except Exception:
+            return False
+
+    # ---- tokenizers and limits (any thread) ---------------------------------------------------------
+    def _base_ref(self):
+        from .. import models
+        return models.resolve(self.settings.model)
+
+    def decoder(self, info: ModelInfo) -> TokenText:
+        """The tokenizer the model was trained with (the run's saved one), wrapped for decoding."""
+        if info.refusal():
+            raise bad_request(f"model `{info.id}` cannot generate: {info.reason}", param="model",
+                              code="model_not_servable")
+        key = str(info.tokenizer_dir) if info.tokenizer_dir else f"base:{info.weights or ''}"
+        with self._tok_lock:
+            hit = self._tokenizers.get(key)
+            if hit is not None:
+                self._tokenizers.move_to_end(key)
+                return hit
+        from transformers import AutoTokenizer
+        if info.tokenizer_dir is not None:
+            tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
+        elif info.kind == "gguf":
+            tok = AutoTokenizer.from_pretrained(info.weights.parent, gguf_file=info.weights.name)
+        else:
+            tok = AutoTokenizer.from_pretrained(self._base_ref())
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        dec = TokenText(tok)
+        with self._tok_lock:
+            dec = self._tokenizers.setdefault(key, dec)
+            while len(self._tokenizers) > 64:
+                self._tokenizers.popitem(last=False)
+        return dec
+
+    def context_length(self, info: ModelInfo) -> int:
+        if info.kind == "gguf":
+            return self.settings.gguf_context
+        if info.id in self._contexts:
+            return self._contexts[info.id]
+        from transformers import AutoConfig
+        if info.kind == "separate" and info.weights is not None and (info.weights / "config.json").is_file():
+            ref = info.weights
+        elif info.kind == "separate" and info.run_dir is not None:
+            from .. import models
+            from ..pipeline import Run
+            ref = models.resolve(Run(info.run_dir).recipe.model.name)
+        else:
+            ref = self._base_ref()
+        cfg = AutoConfig.from_pretrained(ref)
+        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+        self._contexts[info.id] = int(n)
+        return int(n)
+
+    # ---- loading (engine thread only) -----------------------------------------------------------------
+    def acquire(self, model_id: str):
+        """A runner for ``model_id``, loading it (and evicting others) as needed."""
+        info = self.get(model_id)
+        if info.refusal():
+            raise bad_request(f"model `{info.id}` cannot generate: {info.reason}", param="model",
+                              code="model_not_servable")
+        if info.kind == "base":
+            model, _ = self._base_model()
+            dec = self.decoder(info)
+            return Runner(model, dec, self._eos(dec, model), self._pad(dec), self._base_context,
+                          on_step=None)
+        hit = self._loaded.get(model_id)
+        if hit is not None and hit.info.weights == info.weights:
+            self._loaded.move_to_end(model_id)
+            return hit.runner
+        if hit is not None:       # the same id now points elsewhere (a re-published run)
+            self._evict(model_id)
+        loaded = {"adapter": self._load_adapter, "separate": self._load_separate,
+                  "gguf": self._load_gguf}[info.kind](info)
+        self._loaded[model_id] = loaded
+        self._enforce_budget(keep=model_id)
+        return loaded.runner
+
+    def loaded(self) -> dict[str, int]:
+        return {k: v.nbytes for k, v in self._loaded.items()}
+
+    def _base_model(self):
+        if self._base is None:
+            from .. import models
+            model, tok = models.load(self.settings.model, device=self.device)
+            model.eval()
+            self._base = (model, tok)
+        return self._base
+
+    @staticmethod
+    def _eos(dec: TokenText, model) -> list[int]:
+        from ..eval.generate import eos_token_ids
+        return eos_token_ids(dec.tokenizer, model)
+
+    @staticmethod
+    def _pad(dec: TokenText) -> int:
+        from ..eval.generate import pad_token_id
+        return pad_token_id(dec.tokenizer)
+
+    @contextmanager
+    def _base_context(self):
+        if self._peft is None:
+            yield
+        else:
+            with self._peft.disable_adapter():
+                yield
+
+    def _load_adapter(self, info: ModelInfo) -> _Loaded:
+        from peft import PeftModel
+        base, _ = self._base_model()
+        self._names += 1
+        name = f"adapter{self._names}"          # peft adapter names must not contain '.'
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(base, info.weights, adapter_name=name, is_trainable=False)
+        else:
+            self._peft.load_adapter(info.weights, adapter_name=name, is_trainable=False)
+        self._peft.eval()
+        nbytes = sum(p.numel() * p.element_size() for n, p in self._peft.named_parameters()
+                     if f".{name}." in n or n.endswith(f".{name}"))
+        dec = self.decoder(info)
+        peft = self._peft
+
+        @contextmanager
+        def active():
+            peft.set_adapter(name)
+            yield
+
+        runner = Runner(base, dec, self._eos(dec, base), self._pad(dec), active)
+        return _Loaded(info, nbytes, runner, adapter_name=name)
+
+    def _load_separate(self, info: ModelInfo) -> _Loaded:
+        import torch
+        dec = self.decoder(info)
+        if (info.weights / "config.json").is_file():          # merged export: plain transformers
+            from transformers import AutoModelForCausalLM
+            model = AutoModelForCausalLM.from_pretrained(info.weights, dtype=torch.float32).to(self.device)
+        else:                                                   # the method's own load on a fresh base
+            from .. import methods, models
+            from ..pipeline import Run
+            recipe = Run(info.run_dir).recipe
+            base, _ = models.load(recipe.model.name, device=self.device,
+                                  trust_remote_code=recipe.model.trust_remote_code)
+            model = methods.get(recipe.method.name).load(base, info.weights, recipe.method)
+        model.eval()
+        return _Loaded(info, _param_bytes(model), Runner(model, dec, self._eos(dec, model), self._pad(dec)))
+
+    def _load_gguf(self, info: ModelInfo) -> _Loaded:
+        from .gguf_backend import GGUFRunner
+        dec = self.decoder(info)
+        runner = GGUFRunner(info.weights, dec, n_ctx=self.settings.gguf_context)
+        return _Loaded(info, info.weights.stat().st_size, runner, release=runner.close)
+
+    def _enforce_budget(self, keep: str) -> None:
+        while sum(v.nbytes for v in self._loaded.values()) > self.budget and len(self._loaded) > 1:
+            victim = next(k for k in self._loaded if k != keep)
+            self._evict(victim)
+        self._gauges()
+
+    def _evict(self, model_id: str) -> None:
+        item = self._loaded.pop(model_id, None)
+        if item is None:
+            return
+        if item.adapter_name is not None and self._peft is not None:
+            if len(self._peft.peft_config) <= 1:
+                self._peft.unload()          # removes the LoRA layers; the base is plain again
+                self._peft = None
+            else:
+                with warnings.catch_warnings():     # "the active adapter was deleted": expected here
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._peft.delete_adapter(item.adapter_name)
+        if callable(item.release):
+            item.release()
+        if self.metrics is not None:
+            self.metrics.evictions.inc()
+        self._gauges()
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.loaded_adapters.set(len(self._loaded))
+            self.metrics.loaded_bytes.set(sum(v.nbytes for v in self._loaded.values()))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
