@@ -233,3 +233,20 @@ def test_export_command_writes_gguf_into_the_run(tiny_run, tmp_path):
     assert isinstance(res.exception, TunesmithError) and "q4_k" in str(res.exception)
     res = CliRunner().invoke(app, [str(run), "--format", "onnx"])
     assert isinstance(res.exception, TunesmithError) and "expected gguf" in str(res.exception)
+
+
+def test_verify_against_tunesmith_server(tiny_run, tiny_model_dir, tmp_path):
+    """The real server (tunesmith.serve) on loopback, serving the run by its directory name."""
+    from tunesmith.serve import ServeSettings, create_app
+    from tunesmith.serve.background import BackgroundServer
+    run = _copy(tiny_run, tmp_path)
+    settings = ServeSettings(model=str(tiny_model_dir), runs=[run.parent], api_keys=["k1"], batch_wait_ms=0,
+                             default_max_tokens=16)
+    with BackgroundServer(create_app(settings)) as srv:
+        result = verify(run, server_url=srv.url, api_key="k1", prompts=4, print_table=False)
+        with pytest.raises(TunesmithError, match="HTTP 401"):
+            verify(run, server_url=srv.url, api_key="wrong", prompts=1, print_table=False)
+    server = result["artifacts"]["server"]
+    assert server["model"] == run.name and server["prompts"] == 4
+    assert server["identical"] == 4, server
+    assert result["ok"] is True
