@@ -249,4 +249,7 @@ def test_verify_against_tunesmith_server(tiny_run, tiny_model_dir, tmp_path):
     server = result["artifacts"]["server"]
     assert server["model"] == run.name and server["prompts"] == 4
     assert server["identical"] == 4, server
+    if HAS_LLAMA_CPP:      # the server also lists the run's GGUF export, served by llama.cpp
+        served_gguf = result["artifacts"][f"server {run.name}:gguf-f16"]
+        assert served_gguf["prompts"] == 4 and served_gguf["identical"] == 4, served_gguf
     assert result["ok"] is True

@@ -94,12 +94,28 @@ def llama_cpp_replies(gguf_path: Path, tokenizer, prompt_ids: list[list[int]], m
     return replies, extra
 
 
+def _v1(server_url: str) -> str:
+    base = server_url.rstrip("/")
+    return base if base.endswith("/v1") else f"{base}/v1"
+
+
+def served_ids(server_url: str, run_id: str, api_key: str | None = None) -> list[str]:
+    """The run's id, then the ids of its GGUF variants (``RUN:gguf-TYPE``) when the server lists them."""
+    import httpx
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        listing = httpx.get(f"{_v1(server_url)}/models", headers=headers, timeout=30).json().get("data", [])
+        ids = [m["id"] for m in listing if isinstance(m, dict) and "id" in m]
+    except (httpx.HTTPError, ValueError, AttributeError):
+        ids = []             # no usable listing: ask for the run id alone (its errors are reported there)
+    return [run_id] + sorted(i for i in ids if i.startswith(f"{run_id}:gguf-"))
+
+
 def server_replies(server_url: str, model_id: str, prompts: list[list[dict]], max_new_tokens: int,
                    api_key: str | None = None, timeout: float = 120.0) -> list[Reply]:
     """Replies of a live OpenAI-compatible server (chat completions, temperature 0)."""
     import httpx
-    base = server_url.rstrip("/")
-    url = f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+    url = f"{_v1(server_url)}/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     out: list[Reply] = []
     with httpx.Client(timeout=timeout) as client:
@@ -165,7 +181,8 @@ def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str |
     The reference is the adapter (or trained weights) on the base model; compared are
     ``export/merged`` (plain transformers), each ``export/*.gguf`` (llama.cpp, skipped with the
     reason when llama_cpp is not installed) and, with ``server_url``, a live OpenAI-compatible
-    server asked for the run's model id (the run directory name). Writes ``verify.json`` in the
+    server asked for the run's model id (the run directory name) and for the run's GGUF variants
+    (``RUN:gguf-TYPE``) when its model list has them. Writes ``verify.json`` in the
     run directory; ``ok`` is true when every compared artifact gave identical replies.
     """
     import torch
@@ -224,9 +241,11 @@ def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str |
         artifacts[path.name] = {**entry, **compare(reference, replies, chats), **extra}
 
     if server_url:
-        replies = server_replies(server_url, run.path.name, chats, max_new, api_key)
-        artifacts["server"] = {"kind": "openai-server", "path": server_url, "model": run.path.name,
-                               **compare(reference, replies, chats)}
+        for model_id in served_ids(server_url, run.path.name, api_key):
+            replies = server_replies(server_url, model_id, chats, max_new, api_key)
+            key = "server" if model_id == run.path.name else f"server {model_id}"
+            artifacts[key] = {"kind": "openai-server", "path": server_url, "model": model_id,
+                              **compare(reference, replies, chats)}
 
     compared = {k: v for k, v in artifacts.items() if v["status"] == "compared"}
     result = {
