@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from hashlib import sha256
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import typer
@@ -108,7 +109,7 @@ def _iter_weights(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
                              file=str(model_dir))
     for f in files:
         with safe_open(str(f), framework="pt", device="cpu") as part:
-            for name in part.keys():
+            for name in part.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 yield name, part.get_tensor(name).to(torch.float32).numpy()
 
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional, Sequence
+from typing import Optional
 
 import typer
 
@@ -17,7 +18,7 @@ from .fsutil import atomic_write_json
 class Reply:
     """One greedy reply: its text, token ids (None where the source gives only text) and why it ended."""
     text: str
-    tokens: Optional[list[int]]
+    tokens: list[int] | None
     finish: str            # "stop" (end-of-turn / EOS) or "length" (max_new_tokens reached)
 
 
