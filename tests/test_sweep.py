@@ -25,6 +25,9 @@ SPACE = {"train.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": Tru
 FAST = {"max_steps": 10, "eval_every": 5, "save_every": 5}
 
 
+OFF = {"mlflow": False}      # tracking is tested where it is the point
+
+
 def _study(sweep_dir: Path, name: str = "tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
 
@@ -36,7 +39,7 @@ def _app():
 
 
 def test_sweep_trials_are_runs_with_the_sampled_values(recipe_file, tmp_path):
-    recipe = recipe_file(train=FAST, sweep={"space": SPACE, "pruning": False, "trials": 2})
+    recipe = recipe_file(train=FAST, sweep={"space": SPACE, "pruning": False, "trials": 2}, tracking=OFF)
     result = CliRunner().invoke(_app(), [str(recipe), "--trials", "3", "-o", "train.eval_every=5"])
     assert result.exit_code == 0, result.output
     sweep_dir = tmp_path / "runs" / "tiny-sweep"
@@ -122,6 +125,17 @@ def test_an_obviously_bad_trial_is_pruned_for_real(recipe_file, tmp_path):
     assert run.is_dir() and not (run / "train.json").exists()     # stopped inside training
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 5
+    assert json.loads((run / "run.json").read_text())["stages"]["pruned"]["step"] == 5
+    from tunesmith.runs import list_runs
+    assert [r["status"] for r in list_runs(tmp_path / "runs")] == ["complete", "complete", "pruned"]
+    # every trial, the pruned one too, is in MLflow under the recipe's experiment (store beside the runs)
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    mruns = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.info.run_name for r in mruns) == ["tiny-t000-001", "tiny-t001-001", "tiny-t002-001"]
+    pruned_run = next(r for r in mruns if r.info.run_name == "tiny-t002-001")
+    assert pruned_run.data.tags["sweep"] == "tiny-sweep" and pruned_run.data.tags["stages"].endswith("pruned")
+    assert [m.step for m in client.get_metric_history(pruned_run.info.run_id, "val_loss")] == [5]
 
 
 CHILD = r"""
@@ -146,7 +160,7 @@ sweep(sys.argv[1], trials=3)
 
 def test_a_killed_sweep_continues_without_rerunning_finished_trials(recipe_file, tmp_path):
     recipe = recipe_file(train={"max_steps": 20, "eval_every": 5, "save_every": 5},
-                         sweep={"space": SPACE, "pruning": False})
+                         sweep={"space": SPACE, "pruning": False}, tracking=OFF)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(recipe)], env=env, capture_output=True, text=True,
@@ -178,10 +192,30 @@ def test_a_killed_sweep_continues_without_rerunning_finished_trials(recipe_file,
                                                                        "tiny-t003-001"]
 
 
+def test_ctrl_c_in_a_trial_queues_it_again(recipe_file, tmp_path, monkeypatch):
+    from tunesmith import pipeline
+    recipe = recipe_file(train=FAST, sweep={"space": SPACE, "pruning": False}, tracking=OFF)
+    real_run = pipeline.run
+
+    def interrupted(r, overrides=None, **kw):
+        if r is not None and r.name.endswith("-t001"):
+            raise KeyboardInterrupt
+        return real_run(r, overrides, **kw)
+    monkeypatch.setattr(pipeline, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(recipe, trials=2)
+    monkeypatch.setattr(pipeline, "run", real_run)
+    summary = sweep(recipe, trials=2)
+    assert [(t["number"], t["state"], t["retry_of"]) for t in summary["trials"]] == \
+        [(0, "COMPLETE", None), (1, "FAIL", None), (2, "COMPLETE", 1)]
+    assert summary["trials"][2]["params"] == summary["trials"][1]["params"]
+
+
 def test_sweep_on_a_task_metric_evaluates_each_trial(recipe_file, tmp_path):
     recipe = recipe_file(train=FAST, sweep={"space": {"method.dropout": {"type": "categorical",
                                                                          "choices": [0.0, 0.1]}},
-                                            "metric": "accuracy", "evaluate": True, "trials": 1})
+                                            "metric": "accuracy", "evaluate": True, "trials": 1},
+                         tracking=OFF)
     summary = sweep(recipe)
     assert summary["direction"] == "maximize" and summary["counts"] == {"COMPLETE": 1}
     trial = summary["trials"][0]

@@ -43,13 +43,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}`` (lists stay values)."""
+LEAVES = frozenset({"sweep.space"})    # mappings shown as one value (their keys are dotted already)
+
+
+def flatten(tree: dict, prefix: str = "", leaves: frozenset = LEAVES) -> dict:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}`` (lists and ``leaves`` stay values)."""
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
+        if isinstance(v, dict) and v and key not in leaves:
+            out.update(flatten(v, key + ".", leaves))
         else:
             out[key] = v
     return out
@@ -110,6 +113,8 @@ def _recipe(run_dir: Path) -> dict:
 
 
 def _status(run_dir: Path, stages: dict) -> str:
+    if "pruned" in stages:
+        return "pruned"        # a sweep stopped this trial early
     if "run" in stages or "export" in stages:
         return "complete"
     for stage in ("eval", "train"):
@@ -278,7 +283,7 @@ def fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+        return f"{v:.4g}" if abs(v) < 1e3 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, (list, dict)):

@@ -152,9 +152,11 @@ def make_on_eval(trial, sign: float = 1.0):
         value = metrics.get("val_loss")
         if value is None:
             return
+        on_eval.last_step = step
         trial.report(sign * float(value), step)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (val_loss {float(value):.4f})")
+    on_eval.last_step = None
     return on_eval
 
 
@@ -232,7 +234,21 @@ class _Objective:
         raw["tracking"]["experiment"] = self.recipe.tracking.experiment or self.recipe.name
         return load_recipe(raw)
 
+    def track(self, run_dir: Path) -> None:
+        """Log the trial to MLflow/TensorBoard (idempotent; pruned trials too). A tracking failure is
+        reported and the sweep goes on."""
+        cfg = self.recipe.tracking
+        if not (cfg.mlflow or cfg.tensorboard):
+            return
+        from .tracking import log_run
+        try:
+            log_run(run_dir, cfg.model_copy(update={"experiment": cfg.experiment or self.recipe.name}))
+        except TunesmithError as e:
+            self.log(f"[yellow]tracking skipped for {run_dir.name}: {e}")
+
     def __call__(self, trial) -> float:
+        import optuna
+
         from . import pipeline
         params = {key: _suggest(trial, key, dim) for key, dim in self.space.items()}
         on_eval = make_on_eval(trial, self.sign)
@@ -245,6 +261,9 @@ class _Objective:
                 for rec in read_jsonl(run_dir / "metrics.jsonl"):   # what the pruner saw before the kill
                     if rec.get("type") == "eval" and rec.get("step", 0) <= step and "val_loss" in rec:
                         trial.report(self.sign * float(rec["val_loss"]), rec["step"])
+                        on_eval.last_step = rec["step"]
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {on_eval.last_step}")
                 self.log(f"trial {trial.number}: continuing {run_dir} from step {step}")
                 pipeline.run(None, resume_dir=run_dir, on_eval=on_eval, evaluate_tuned=self.cfg.evaluate)
             else:
@@ -257,6 +276,13 @@ class _Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
+        except optuna.TrialPruned:
+            run_dir = Path(trial.user_attrs["run_dir"])
+            if (run_dir / "run.json").is_file():      # `runs list` shows it as pruned, not interrupted
+                pipeline.Run(run_dir).mark("pruned", trial=trial.number, step=on_eval.last_step)
+                self.track(run_dir)
+            raise
+        self.track(Path(run_dir))
         value = _objective_value(Path(run_dir), self.cfg.metric, self.cfg.evaluate)
         self.log(f"trial {trial.number}: {self.cfg.metric} = {value:.6g}")
         return value
