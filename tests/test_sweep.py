@@ -38,7 +38,7 @@ def _app():
     return app
 
 
-def test_sweep_trials_are_runs_with_the_sampled_values(recipe_file, tmp_path):
+def test_sweep_trials_are_runs_with_the_sampled_values(recipe_file, tmp_path, capsys):
     recipe = recipe_file(train=FAST, sweep={"space": SPACE, "pruning": False, "trials": 2}, tracking=OFF)
     result = CliRunner().invoke(_app(), [str(recipe), "--trials", "3", "-o", "train.eval_every=5"])
     assert result.exit_code == 0, result.output
@@ -76,7 +76,10 @@ def test_sweep_trials_are_runs_with_the_sampled_values(recipe_file, tmp_path):
 
     # a finished sweep is not rerun; asking for more trials adds exactly the missing ones
     first = {t.number: t.datetime_complete for t in _study(sweep_dir).trials}
-    assert len(sweep(recipe, trials=3)["trials"]) == 3
+    capsys.readouterr()
+    assert len(sweep(recipe, ["train.max_steps=12"], trials=3)["trials"]) == 3
+    assert "recipe differs from the one this study started with (train.max_steps)" in \
+        capsys.readouterr().err.replace("\n", "")
     summary = sweep(recipe, trials=4)
     assert summary["counts"] == {"COMPLETE": 4}
     assert {t.number: t.datetime_complete for t in _study(sweep_dir).trials if t.number < 3} == first
@@ -163,7 +166,7 @@ def test_a_killed_sweep_continues_without_rerunning_finished_trials(recipe_file,
                          sweep={"space": SPACE, "pruning": False}, tracking=OFF)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(recipe)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(recipe)], check=False, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     sweep_dir = tmp_path / "runs" / "tiny-sweep"

@@ -320,8 +320,8 @@ def _best_index(key: str, values: list) -> int | None:
 def compare_html(result: dict, png: bytes | None) -> str:
     names = [r["name"] for r in result["runs"]]
     header = ["", *names]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith: compare runs</title>"
-             f"<style>{CSS}</style></head><body><h1>Run comparison</h1>",
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith: compare runs</title>"
+              f"<style>{CSS}</style></head><body><h1>Run comparison</h1>"),
              "<p class='meta'>" + "<br>".join(html.escape(r["path"]) for r in result["runs"]) + "</p>"]
     parts += ["<h2>Configuration differences</h2>",
               html_table(header, [[k, *v] for k, v in result["config"].items()]) if result["config"]
@@ -409,5 +409,15 @@ def compare_command(run_dirs: List[str] = typer.Argument(..., help="Two or more 
         c.print(f"HTML: {result['html']}")
 
 
-__all__ = ["list_runs", "compare_runs", "runs_app", "run_summary", "find_runs", "eval_metrics", "training_stats",
-           "flatten", "read_json", "read_jsonl"]
+__all__ = [
+    "compare_runs",
+    "eval_metrics",
+    "find_runs",
+    "flatten",
+    "list_runs",
+    "read_json",
+    "read_jsonl",
+    "run_summary",
+    "runs_app",
+    "training_stats",
+]

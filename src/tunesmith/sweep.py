@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from .config import Recipe, SearchDim, load_recipe
 from .errors import TunesmithError
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .runs import read_json, read_jsonl
+from .runs import flatten, read_json, read_jsonl
 
 # Trials are judged on validation loss: the base model, baselines, forgetting checks and the full-size
 # merged export are the same for every trial (or not needed), so trials skip them ...
@@ -36,7 +36,7 @@ def default_direction(metric: str) -> str:
 # ------------------------------------------------------------------------------------ search space
 
 def _leaf_field(key: str):
-    """The pydantic field a dotted recipe key names, or a reason why it names none."""
+    """(field, None) for a dotted key naming one recipe setting, else (None, why not)."""
     model: type[BaseModel] = Recipe
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -70,10 +70,8 @@ def check_space(recipe: Recipe, label: str = "<recipe>") -> dict[str, SearchDim]
                              file=label, field="sweep.space")
     raw = recipe.model_dump(mode="json")
     for key, dim in space.items():
-        field_name = f"sweep.space.{key}"
-
-        def bad(msg: str):
-            return TunesmithError(msg, file=label, field=field_name)
+        def bad(msg: str, key: str = key):
+            return TunesmithError(msg, file=label, field=f"sweep.space.{key}")
 
         if key.split(".")[0] in _RESERVED:
             raise bad(f"'{key}' cannot be swept; expected a key in model, data, method, objective, train, eval, "
@@ -105,8 +103,8 @@ def check_space(recipe: Recipe, label: str = "<recipe>") -> dict[str, SearchDim]
             _set(trial_raw, key, value)
             try:
                 Recipe.model_validate(trial_raw)
-            except Exception as e:          # pydantic's ValidationError: say which value, not the whole dump
-                detail = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+            except ValidationError as e:          # say which value, not the whole recipe dump
+                detail = e.errors()[0]["msg"]
                 raise bad(f"value {value!r} from the range is not valid for '{key}': {detail}") from None
     return dict(space)
 
@@ -176,25 +174,16 @@ def _objective_value(run_dir: Path, metric: str, evaluate: bool) -> float:
     return float(values[metric])
 
 
-def _retry_candidates(study) -> list:
-    """Trials a killed or interrupted sweep left behind, not yet retried."""
+def _recover(study, log) -> None:
+    """Trials a killed (left RUNNING) or interrupted (Ctrl-C) sweep left behind are marked failed and
+    queued again with the same parameters; a retry continues the old run from its last checkpoint."""
     from optuna.trial import TrialState
     retried = {t.user_attrs.get("retry_of") for t in study.trials}
-    out = []
     for t in study.trials:
-        if t.number in retried:
+        if t.number in retried or not (t.state == TrialState.RUNNING or
+                                       (t.state == TrialState.FAIL and t.user_attrs.get("interrupted"))):
             continue
-        if t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
-            out.append(t)
-    return out
-
-
-def _recover(study, log) -> None:
-    """Mark trials left RUNNING by a killed process as failed and queue them again with the same
-    parameters; the retry continues the old run directory from its last checkpoint when it has one."""
-    from optuna.trial import TrialState
-    for t in _retry_candidates(study):
-        if t.state == TrialState.RUNNING:
+        if t.state == TrialState.RUNNING:   # one sweep per folder (locked): nobody else is running it
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         attrs = {"retry_of": t.number}
         if t.user_attrs.get("run_dir"):
@@ -289,14 +278,10 @@ class _Objective:
 
 
 def _fmt_params(params: dict) -> str:
-    return "  ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _open_study(recipe: Recipe, sweep_dir: Path, direction: str, space: dict, label: str):
+def _open_study(recipe: Recipe, sweep_dir: Path, direction: str, space: dict, label: str, log):
     import optuna
     from optuna.pruners import MedianPruner, NopPruner
     from optuna.samplers import TPESampler
@@ -308,14 +293,22 @@ def _open_study(recipe: Recipe, sweep_dir: Path, direction: str, space: dict, la
                                 direction=direction)
     space_json = {k: v.model_dump(mode="json") for k, v in space.items()}
     known = study.user_attrs
+    fixed = {k: v for k, v in flatten(recipe.model_dump(mode="json")).items() if not k.startswith("sweep.")}
     if not known:
         study.set_user_attr("space", space_json)
         study.set_user_attr("metric", cfg.metric)
+        study.set_user_attr("recipe", fixed)
     elif known.get("space") != space_json or known.get("metric") != cfg.metric or \
             study.direction.name.lower() != direction:
         raise TunesmithError(f"{sweep_dir} holds a study with a different sweep.space, metric or direction; "
                              "expected the same settings to continue it (or a new recipe name)",
                              file=label, field="sweep")
+    else:
+        before = known.get("recipe") or {}
+        changed = sorted(k for k in set(before) | set(fixed) if before.get(k) != fixed.get(k))
+        if changed:
+            log(f"[yellow]warning: the recipe differs from the one this study started with ({', '.join(changed)}); "
+                "trials run with different settings are compared as if they were alike")
     n_trials = max(cfg.trials, 1)
     study.sampler = TPESampler(seed=cfg.seed + len(study.trials),     # a continued sweep draws new points
                                n_startup_trials=max(3, min(10, n_trials // 2)))
@@ -362,7 +355,7 @@ def sweep(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None
         console.print(f"[bold magenta]sweep[/] {msg}")
 
     with _exclusive(sweep_dir):
-        study = _open_study(r, sweep_dir, direction, space, label)
+        study = _open_study(r, sweep_dir, direction, space, label, log)
         _recover(study, log)
         objective = _Objective(r, sweep_dir, space, direction, log)
         done = _finished(study)
@@ -464,6 +457,7 @@ def _figure(w=7.0, h=3.6):
 def history_png(study, metric: str):
     """Objective value per trial with the best-so-far line; pruned trials at their last validation loss."""
     from optuna.trial import TrialState
+
     from .runs import png_bytes
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not done:
@@ -511,6 +505,7 @@ def importance_png(study, metric: str):
 def intermediate_png(study, metric: str):
     """Validation loss by step of every trial; pruned trials dashed."""
     from optuna.trial import TrialState
+
     from .runs import png_bytes
     trials = [t for t in study.trials if t.intermediate_values]
     if not trials:
@@ -538,12 +533,12 @@ def sweep_html(summary: dict) -> str:
 
     from .runs import CSS, html_table, img_tag
     best = summary["best"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {H.escape(summary['name'])}</title>"
-             f"<style>{CSS}</style></head><body><h1>Sweep: {H.escape(summary['name'])}</h1>",
-             f"<p class='meta'>{summary['direction']} {H.escape(summary['metric'])} over "
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {H.escape(summary['name'])}</title>"
+              f"<style>{CSS}</style></head><body><h1>Sweep: {H.escape(summary['name'])}</h1>"),
+             (f"<p class='meta'>{summary['direction']} {H.escape(summary['metric'])} over "
              f"{', '.join(H.escape(k) for k in summary['space'])}; trials: "
              f"{', '.join(f'{v} {k.lower()}' for k, v in summary['counts'].items())} "
-             f"(requested {summary['trials_requested']}). Study: {H.escape(summary['study'])}</p>"]
+             f"(requested {summary['trials_requested']}). Study: {H.escape(summary['study'])}</p>")]
     if best:
         parts += ["<h2>Best trial</h2>",
                   html_table(["", "value"], [["trial", best["number"]], [summary["metric"], best["value"]],
@@ -604,5 +599,15 @@ def sweep_command(recipe: str = typer.Argument(..., help="Recipe YAML with a `sw
     print_summary(summary)
 
 
-__all__ = ["sweep", "sweep_command", "check_space", "make_on_eval", "summarize", "print_summary",
-           "default_direction", "reproduce_command", "TRIAL_SKIP", "TRIAL_ALWAYS"]
+__all__ = [
+    "TRIAL_ALWAYS",
+    "TRIAL_SKIP",
+    "check_space",
+    "default_direction",
+    "make_on_eval",
+    "print_summary",
+    "reproduce_command",
+    "summarize",
+    "sweep",
+    "sweep_command",
+]

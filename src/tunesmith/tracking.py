@@ -140,8 +140,12 @@ def _log_mlflow(run_dir: Path, recipe: dict, cfg: TrackingConfig) -> dict:
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
-        from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH,
-                                             MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH)
+        from mlflow.utils.validation import (
+            MAX_ENTITY_KEY_LENGTH,
+            MAX_METRICS_PER_BATCH,
+            MAX_PARAM_VAL_LENGTH,
+            MAX_PARAMS_TAGS_PER_BATCH,
+        )
 
         uri = resolve_uri(run_dir, cfg)
         state_path = run_dir / "tracking.json"
@@ -235,4 +239,4 @@ def write_tensorboard(run_dir: str | Path) -> Path:
     return run_dir / "tensorboard"
 
 
-__all__ = ["log_run", "write_tensorboard", "curve_metrics", "final_metrics", "resolve_uri"]
+__all__ = ["curve_metrics", "final_metrics", "log_run", "resolve_uri", "write_tensorboard"]
