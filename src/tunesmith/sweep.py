@@ -1,6 +1,7 @@
 """Hyperparameter sweeps with Optuna: each trial a normal run, median pruning on validation loss, resumable."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shlex
@@ -16,7 +17,16 @@ from pydantic import BaseModel, ValidationError
 from .config import Recipe, SearchDim, load_recipe
 from .errors import TunesmithError
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .runs import flatten, read_json, read_jsonl
+from .runs import (
+    CSS,
+    flatten,
+    fmt,
+    html_table,
+    img_tag,
+    png_bytes,
+    read_json,
+    read_jsonl,
+)
 
 # Trials are judged on validation loss: the base model, baselines, forgetting checks and the full-size
 # merged export are the same for every trial (or not needed), so trials skip them ...
@@ -457,8 +467,6 @@ def _figure(w=7.0, h=3.6):
 def history_png(study, metric: str):
     """Objective value per trial with the best-so-far line; pruned trials at their last validation loss."""
     from optuna.trial import TrialState
-
-    from .runs import png_bytes
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not done:
         return None, "no complete trial yet: no optimisation history"
@@ -466,11 +474,7 @@ def history_png(study, metric: str):
     ax = fig.add_subplot()
     xs, ys = [t.number for t in done], [t.value for t in done]
     ax.scatter(xs, ys, color="#0969da", zorder=3, label=f"{metric} (complete)")
-    better = min if study.direction.name == "MINIMIZE" else max
-    running, best = [], None
-    for y in ys:
-        best = y if best is None else better(best, y)
-        running.append(best)
+    running = list(itertools.accumulate(ys, min if study.direction.name == "MINIMIZE" else max))
     ax.step(xs, running, where="post", color="#cf222e", label="best so far")
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
     if pruned and metric == "val_loss":
@@ -489,7 +493,6 @@ def history_png(study, metric: str):
 
 
 def importance_png(study, metric: str):
-    from .runs import png_bytes
     imp = _importances(study)
     if not imp:
         return None, "parameter importance needs at least two complete trials with different parameters"
@@ -505,8 +508,6 @@ def importance_png(study, metric: str):
 def intermediate_png(study, metric: str):
     """Validation loss by step of every trial; pruned trials dashed."""
     from optuna.trial import TrialState
-
-    from .runs import png_bytes
     trials = [t for t in study.trials if t.intermediate_values]
     if not trials:
         return None, None
@@ -530,8 +531,6 @@ def intermediate_png(study, metric: str):
 
 def sweep_html(summary: dict) -> str:
     import html as H
-
-    from .runs import CSS, html_table, img_tag
     best = summary["best"]
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {H.escape(summary['name'])}</title>"
               f"<style>{CSS}</style></head><body><h1>Sweep: {H.escape(summary['name'])}</h1>"),
@@ -563,8 +562,6 @@ def sweep_html(summary: dict) -> str:
 def print_summary(summary: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
-
-    from .runs import fmt
     c = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     t = Table(title=f"sweep {summary['name']}: {summary['direction']} {summary['metric']}")
     for col in ("trial", "state", summary["metric"], *summary["space"], "time", "run"):
@@ -599,15 +596,5 @@ def sweep_command(recipe: str = typer.Argument(..., help="Recipe YAML with a `sw
     print_summary(summary)
 
 
-__all__ = [
-    "TRIAL_ALWAYS",
-    "TRIAL_SKIP",
-    "check_space",
-    "default_direction",
-    "make_on_eval",
-    "print_summary",
-    "reproduce_command",
-    "summarize",
-    "sweep",
-    "sweep_command",
-]
+__all__ = ["TRIAL_ALWAYS", "TRIAL_SKIP", "check_space", "default_direction", "make_on_eval", "print_summary",
+           "reproduce_command", "summarize", "sweep", "sweep_command"]
