@@ -112,7 +112,8 @@ def test_on_eval_callback_prunes_by_the_median_rule():
 
 def test_an_obviously_bad_trial_is_pruned_for_real(recipe_file, tmp_path):
     recipe = recipe_file(train={"max_steps": 15, "eval_every": 5, "save_every": 5},
-                         sweep={"space": {"train.lr": {"type": "float", "low": 1.0e-7, "high": 3.0e-2, "log": True}}})
+                         sweep={"space": {"train.lr": {"type": "float", "low": 1.0e-7, "high": 3.0e-2, "log": True}}},
+                         tracking={"mlflow": True})
     sweep_dir = tmp_path / "runs" / "tiny-sweep"
     sweep_dir.mkdir(parents=True)
     study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{sweep_dir / 'study.db'}")

@@ -95,7 +95,8 @@ def test_later_stages_update_the_same_run_in_the_default_store(recipe_file, tmp_
     from mlflow import MlflowClient
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    run = pipeline.prepare(recipe_file(train=FAST, eval={"compare_base": False}, export={"merged": False}))
+    run = pipeline.prepare(recipe_file(train=FAST, eval={"compare_base": False}, export={"merged": False},
+                                       tracking={"mlflow": True}))
     pipeline.train(run.path)
     first = log_run(run.path)                      # the recipe's own tracking section (mlflow on by default)
     store = tmp_path / "runs" / "mlflow.db"
