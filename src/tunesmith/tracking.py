@@ -219,8 +219,12 @@ def write_tensorboard(run_dir: str | Path) -> Path:
     import tempfile
 
     run_dir = Path(run_dir)
-    with _quiet():
-        from torch.utils.tensorboard import SummaryWriter
+    try:
+        with _quiet():
+            from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TunesmithError("needs the tensorboard package; expected it installed "
+                             "(pip install 'tunesmith[tensorboard]')", field="tracking.tensorboard") from None
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tensorboard."))
     try:
         writer = SummaryWriter(log_dir=str(tmp))
