@@ -51,7 +51,7 @@ def test_greedy_batch_matches_generate_per_prompt(tiny):
 
 def test_stop_string_is_held_back_while_streaming(tiny):
     """Scripted tokens spelling a known text: deltas never show the stop string or any part of it."""
-    model, tok = tiny
+    _, tok = tiny
     text = "The quick brown fox jumps over the lazy dog"
     tokens = tok(text, add_special_tokens=False)["input_ids"]
     events: list[Event] = []
@@ -67,7 +67,7 @@ def test_stop_string_is_held_back_while_streaming(tiny):
 
 
 def test_eos_ends_with_stop_and_counts_the_token(tiny):
-    model, tok = tiny
+    _, tok = tiny
     events: list[Event] = []
     req = GenerationRequest("m", [[1]], SamplingParams(max_tokens=100), events.append)
     seq, dec = req.sequences[0], TokenText(tok)
@@ -183,8 +183,10 @@ def test_runs_source_and_gguf_ids(tmp_path):
 
 
 def test_settings_are_strict():
+    from pydantic import ValidationError
+
     from tunesmith.serve.settings import ServeSettings, settings_from
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="unknown"):
         ServeSettings(unknown=1)
     with pytest.raises(TunesmithError, match="adapter_budget_mb"):
         settings_from(adapter_budget_mb=0)

@@ -304,8 +304,7 @@ def model_device(model) -> torch.device:
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
-def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs: list[GenSequence],
-                 on_step: Callable[[int], None] | None = None) -> int:
+def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs: list[GenSequence]) -> int:
     """Generate every sequence of ``seqs`` together: left padding, one prefill, then one token per
     step for each unfinished row with the KV cache; finished or cancelled rows leave the batch.
 
@@ -314,7 +313,7 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
     tokens as ``tunesmith.eval.generate.generate`` for a single prompt. Returns tokens generated.
     """
     device = model_device(model)
-    eos = set(int(e) for e in eos_ids)
+    eos = {int(e) for e in eos_ids}
     width = max(len(s.prompt_ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -346,8 +345,6 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
                 if not s.accept(tok, tok in eos, decoder, entry):
                     keep.append(r)
                     next_tokens.append(tok)
-            if on_step is not None:
-                on_step(len(live))
             if not keep:
                 return generated
             if len(keep) < len(active):
