@@ -112,6 +112,34 @@ def test_n_and_seeds(tiny):
     assert solo[0] == by_index[1]
 
 
+@pytest.mark.parametrize("join_after", [1, 6])
+def test_requests_joining_a_running_batch_get_their_solo_answers(tiny, join_after):
+    """Continuous batching: sequences admitted between steps (cache rows left-padded and appended,
+    shorter or longer than the running rows) decode exactly as they would alone."""
+    model, tok = tiny
+    prompts = [_ids(tok, p) for p in PROMPTS] + [_ids(tok, [{"role": "user", "content": "Summarise the text."}])]
+    solo = [_run(model, tok, [p], max_tokens=14)[0][0] for p in prompts]
+    events: list[Event] = []
+    first = GenerationRequest("m", [prompts[0]], SamplingParams(max_tokens=14, temperature=0), events.append)
+    late = [GenerationRequest("m", [p], SamplingParams(max_tokens=14, temperature=0), events.append)
+            for p in prompts[1:]]
+    for i, r in enumerate(late):     # distinct indices to tell the choices apart
+        r.sequences[0].index = i + 1
+    calls = []
+
+    def admit(free):
+        calls.append(free)
+        return [s for r in late for s in r.sequences] if len(calls) == join_after else []
+
+    decode_batch(model, TokenText(tok), eos_token_ids(tok, model), pad_token_id(tok), first.sequences, admit, 4)
+    texts = {}
+    for e in events:
+        if e.kind == "delta":
+            texts[e.index] = texts.get(e.index, "") + e.text
+    assert [texts[i] for i in range(3)] == solo
+    assert calls[0] == 3 and len(calls) >= join_after
+
+
 def test_top_p_keeps_the_smallest_head():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     kept = torch.isfinite(_top_p_filter(logits, 0.7))
@@ -126,7 +154,7 @@ def test_scheduler_batches_by_model_in_arrival_order():
         def __init__(self, model_id):
             self.model_id = model_id
 
-        def run(self, seqs):
+        def run(self, seqs, admit=None):
             batches.append((self.model_id, len(seqs)))
             for s in seqs:
                 s.accept(0, True, None, None)

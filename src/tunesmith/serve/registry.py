@@ -115,13 +115,15 @@ class ModelInfo:
 class Runner:
     """Decodes one batch with a transformers model inside ``context()`` (e.g. the active adapter)."""
 
-    def __init__(self, model, decoder: TokenText, eos_ids: list[int], pad_id: int, context=nullcontext):
+    def __init__(self, model, decoder: TokenText, eos_ids: list[int], pad_id: int, context=nullcontext,
+                 max_rows: int | None = None):
         self.model, self.decoder, self.eos_ids, self.pad_id = model, decoder, eos_ids, pad_id
-        self.context = context
+        self.context, self.max_rows = context, max_rows
 
-    def run(self, seqs) -> int:
+    def run(self, seqs, admit=None) -> int:
         with self.context():
-            return decode_batch(self.model, self.decoder, self.eos_ids, self.pad_id, seqs)
+            return decode_batch(self.model, self.decoder, self.eos_ids, self.pad_id, seqs, admit,
+                                max(self.max_rows or 0, len(seqs)))
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Registry:
         self.metrics = metrics
         self.device = settings.resolved_device()
         self.budget = int(settings.adapter_budget_mb * 1024 * 1024)
+        self.max_rows = settings.max_batch_size
         self.started = int(time.time())
         self._meta: dict[tuple, ModelInfo] = {}
         self._tok_lock = threading.Lock()
@@ -339,7 +342,7 @@ class Registry:
         if info.kind == "base":
             model, _ = self._base_model()
             dec = self.decoder(info)
-            return Runner(model, dec, self._eos(dec, model), self._pad(dec), self._base_context)
+            return Runner(model, dec, self._eos(dec, model), self._pad(dec), self._base_context, self.max_rows)
         hit = self._loaded.get(model_id)
         if hit is not None and hit.info.weights == info.weights:
             with self._loaded_lock:
@@ -405,7 +408,7 @@ class Registry:
             peft.set_adapter(name)
             yield
 
-        runner = Runner(base, dec, self._eos(dec, base), self._pad(dec), active)
+        runner = Runner(base, dec, self._eos(dec, base), self._pad(dec), active, self.max_rows)
         return _Loaded(info, nbytes, runner, adapter_name=name)
 
     def _load_separate(self, info: ModelInfo) -> _Loaded:
@@ -422,7 +425,8 @@ class Registry:
                                   trust_remote_code=recipe.model.trust_remote_code)
             model = methods.get(recipe.method.name).load(base, info.weights, recipe.method)
         model.eval()
-        return _Loaded(info, _param_bytes(model), Runner(model, dec, self._eos(dec, model), self._pad(dec)))
+        return _Loaded(info, _param_bytes(model), Runner(model, dec, self._eos(dec, model), self._pad(dec),
+                                                          max_rows=self.max_rows))
 
     def _load_gguf(self, info: ModelInfo) -> _Loaded:
         from .gguf_backend import GGUFRunner
