@@ -12,7 +12,8 @@ once. Two workloads, both addressed to the run's model id:
 
 Per workload and client count it prints (JSON) p50/p95 end-to-end latency, p50/p95 time to first
 token (first streamed content), aggregate completion tokens/s (all completion tokens over the
-phase's wall time), the mean batch size the scheduler formed (from /metrics) and the counts.
+phase's wall time), the mean batch size (from /metrics: rows when a batch starts and after each
+join of queued requests) and the counts.
 
     .venv/bin/python bench/serve_latency.py /tmp/fresh4/runs/sentiment-001
     .venv/bin/python bench/serve_latency.py RUN_DIR --requests 8 --clients 1,4 --max-tokens 32
@@ -146,7 +147,9 @@ def main() -> None:
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
            "notes": "server and clients in one process (uvicorn thread + client threads); greedy decoding; "
-                    "TTFT = first streamed content; tokens/s = completion tokens / phase wall time",
+                    "TTFT = first streamed content; tokens/s = completion tokens / phase wall time; "
+                    "mean_batch_size = mean of the tunesmith_batch_size observations (rows when a batch "
+                    "starts and after each join of queued requests)",
            "results": {}}
     with BackgroundServer(create_app(settings)) as srv:
         import torch
