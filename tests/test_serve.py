@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -181,6 +181,13 @@ def test_n_choices(client):
     r = chat(client, "beta-001", max_tokens=6, n=3, temperature=1.0, seed=5)
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert r.usage.completion_tokens == sum(6 for _ in r.choices)
+    texts, finished = {}, set()
+    for chunk in chat(client, "beta-001", max_tokens=6, n=3, temperature=1.0, seed=5, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1, 2} and [texts[i] for i in range(3)] == [c.message.content for c in r.choices]
 
 
 def test_chat_logprobs_shape(client):
@@ -315,11 +322,28 @@ def test_health_and_metrics(server):
 # ---- a second server: authentication and a tiny adapter budget -------------------------------------------------
 
 def test_auth_and_lru_eviction(runs, tiny_model_dir, monkeypatch):
+    """Keys from TUNESMITH_API_KEYS guard /v1 (and mounted routers); a budget of one adapter evicts LRU."""
+    from contextlib import contextmanager
+
+    from fastapi import APIRouter
     monkeypatch.setenv("TUNESMITH_API_KEYS", "key-one, key-two")
     settings = ServeSettings(model=str(tiny_model_dir), runs=[runs["root"]], adapter_budget_mb=0.04,
                              batch_wait_ms=0)
     assert settings.api_keys == ["key-one", "key-two"]
-    with BackgroundServer(create_app(settings)) as srv:
+    extra = APIRouter()
+    extra.get("/v1/extra/ping")(lambda: {"pong": True})
+    lived = []
+
+    @contextmanager
+    def worker():
+        lived.append("started")
+        yield
+        lived.append("stopped")
+
+    with BackgroundServer(create_app(settings, routers=[extra], lifespans=[worker])) as srv:
+        assert lived == ["started"]
+        assert httpx.get(srv.url + "/v1/extra/ping").status_code == 401
+        assert httpx.get(srv.url + "/v1/extra/ping", headers={"Authorization": "Bearer key-one"}).json() == {"pong": True}
         r = httpx.get(srv.url + "/v1/models")
         assert r.status_code == 401 and _envelope(r)["code"] == "invalid_api_key"
         assert r.headers.get("www-authenticate") == "Bearer"
@@ -335,3 +359,22 @@ def test_auth_and_lru_eviction(runs, tiny_model_dir, monkeypatch):
             assert metric_value(text, "tunesmith_loaded_adapters") == 1
         assert metric_value(text, "tunesmith_adapter_evictions_total") == 3
         assert outs["alpha-001"] == reference_generate(runs["alpha"], USER, 8)
+    assert lived == ["started", "stopped"]
+
+
+REAL_RUN = Path("/tmp/fresh4/runs/sentiment-001")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_RUN / "model").is_dir(), reason="the real sentiment run is absent")
+def test_real_run_matches_tunesmith_generate():
+    """SmolLM2 + the sentiment LoRA: the server's greedy replies equal tunesmith's own generate."""
+    test = [json.loads(line) for line in (REAL_RUN / "data" / "test.jsonl").read_text().splitlines()[:4]]
+    prompts = [[m for m in ex["messages"] if m["role"] != "assistant"] for ex in test]
+    prompts.append([{"role": "user", "content": "What is the capital of France?"}])
+    with BackgroundServer(create_app(ServeSettings(runs=[REAL_RUN], batch_wait_ms=0))) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=600)
+        got = [c.chat.completions.create(model="sentiment-001", messages=p, max_tokens=16, temperature=0)
+               for p in prompts]
+    assert all(r.choices[0].finish_reason == "stop" for r in got)     # the end-of-turn token stops replies
+    assert [r.choices[0].message.content for r in got] == [reference_generate(REAL_RUN, p, 16) for p in prompts]

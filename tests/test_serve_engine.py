@@ -51,7 +51,7 @@ def test_greedy_batch_matches_generate_per_prompt(tiny):
 
 def test_stop_string_is_held_back_while_streaming(tiny):
     """Scripted tokens spelling a known text: deltas never show the stop string or any part of it."""
-    model, tok = tiny
+    _, tok = tiny
     text = "The quick brown fox jumps over the lazy dog"
     tokens = tok(text, add_special_tokens=False)["input_ids"]
     events: list[Event] = []
@@ -67,7 +67,7 @@ def test_stop_string_is_held_back_while_streaming(tiny):
 
 
 def test_eos_ends_with_stop_and_counts_the_token(tiny):
-    model, tok = tiny
+    _, tok = tiny
     events: list[Event] = []
     req = GenerationRequest("m", [[1]], SamplingParams(max_tokens=100), events.append)
     seq, dec = req.sequences[0], TokenText(tok)
@@ -112,6 +112,34 @@ def test_n_and_seeds(tiny):
     assert solo[0] == by_index[1]
 
 
+@pytest.mark.parametrize("join_after", [1, 6])
+def test_requests_joining_a_running_batch_get_their_solo_answers(tiny, join_after):
+    """Continuous batching: sequences admitted between steps (cache rows left-padded and appended,
+    shorter or longer than the running rows) decode exactly as they would alone."""
+    model, tok = tiny
+    prompts = [_ids(tok, p) for p in PROMPTS] + [_ids(tok, [{"role": "user", "content": "Summarise the text."}])]
+    solo = [_run(model, tok, [p], max_tokens=14)[0][0] for p in prompts]
+    events: list[Event] = []
+    first = GenerationRequest("m", [prompts[0]], SamplingParams(max_tokens=14, temperature=0), events.append)
+    late = [GenerationRequest("m", [p], SamplingParams(max_tokens=14, temperature=0), events.append)
+            for p in prompts[1:]]
+    for i, r in enumerate(late):     # distinct indices to tell the choices apart
+        r.sequences[0].index = i + 1
+    calls = []
+
+    def admit(free):
+        calls.append(free)
+        return [s for r in late for s in r.sequences] if len(calls) == join_after else []
+
+    decode_batch(model, TokenText(tok), eos_token_ids(tok, model), pad_token_id(tok), first.sequences, admit, 4)
+    texts = {}
+    for e in events:
+        if e.kind == "delta":
+            texts[e.index] = texts.get(e.index, "") + e.text
+    assert [texts[i] for i in range(3)] == solo
+    assert calls[0] == 3 and len(calls) >= join_after
+
+
 def test_top_p_keeps_the_smallest_head():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     kept = torch.isfinite(_top_p_filter(logits, 0.7))
@@ -126,7 +154,7 @@ def test_scheduler_batches_by_model_in_arrival_order():
         def __init__(self, model_id):
             self.model_id = model_id
 
-        def run(self, seqs):
+        def run(self, seqs, admit=None):
             batches.append((self.model_id, len(seqs)))
             for s in seqs:
                 s.accept(0, True, None, None)
@@ -183,8 +211,10 @@ def test_runs_source_and_gguf_ids(tmp_path):
 
 
 def test_settings_are_strict():
+    from pydantic import ValidationError
+
     from tunesmith.serve.settings import ServeSettings, settings_from
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="unknown"):
         ServeSettings(unknown=1)
     with pytest.raises(TunesmithError, match="adapter_budget_mb"):
         settings_from(adapter_budget_mb=0)

@@ -7,7 +7,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -285,11 +285,13 @@ def _streaming_response(gen) -> StreamingResponse:
 # ---- the app -----------------------------------------------------------------------------------------------
 
 def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
-               routers: Sequence[APIRouter] = ()) -> FastAPI:
+               routers: Sequence[APIRouter] = (), lifespans: Sequence = ()) -> FastAPI:
     """The OpenAI-compatible server for ``settings``.
 
     ``sources`` add fine-tuned models (queried on every lookup); ``routers`` are mounted under the
-    same authentication and error envelope (e.g. the fine-tuning jobs API).
+    same authentication and error envelope (e.g. the fine-tuning jobs API); ``lifespans`` are
+    zero-argument callables returning context managers entered while the server runs (e.g. a jobs
+    worker thread: ``lifespans=[parts.worker_running]``).
     """
     metrics = Metrics()
     registry = Registry(settings, sources, metrics)
@@ -299,10 +301,13 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
-        try:
-            yield
-        finally:
-            await run_in_threadpool(engine.stop)
+        with ExitStack() as stack:
+            try:
+                for make in lifespans:
+                    stack.enter_context(make())
+                yield
+            finally:
+                await run_in_threadpool(engine.stop)
 
     app = FastAPI(title="tunesmith", description="OpenAI-compatible inference for tunesmith runs",
                   lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -304,62 +304,118 @@ def model_device(model) -> torch.device:
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
-def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs: list[GenSequence],
-                 on_step: Callable[[int], None] | None = None) -> int:
-    """Generate every sequence of ``seqs`` together: left padding, one prefill, then one token per
-    step for each unfinished row with the KV cache; finished or cancelled rows leave the batch.
-
-    Inputs mirror ``transformers.generate`` (position ids from the attention mask, the mask dropped
-    when nothing is padded, logits only for the last position), so greedy decoding gives the same
-    tokens as ``tunesmith.eval.generate.generate`` for a single prompt. Returns tokens generated.
-    """
-    device = model_device(model)
-    eos = set(int(e) for e in eos_ids)
+def _left_pad(seqs: Seq[GenSequence], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s.prompt_ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for r, s in enumerate(seqs):
         ids[r, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids, dtype=torch.long)
         mask[r, width - len(s.prompt_ids):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return ids.to(device), mask.to(device)
+
+
+def joinable(cache) -> bool:
+    """Whether rows of another cache can be appended: plain full-attention layers only."""
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
+
+
+def _join(a: tuple, b: tuple) -> tuple:
+    """Append batch ``b`` (cache, mask, last positions) to ``a``: the shorter one is left-padded in
+    its cached keys/values and its mask, so every row keeps its own tokens and positions."""
+    cache, mask, last = a
+    other, other_mask, other_last = b
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def pad(t: torch.Tensor, n: int) -> torch.Tensor:
+        return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:-2], n, t.shape[-1]), t], dim=-2)
+
+    da, db = width - mask.shape[1], width - other_mask.shape[1]
+    for la, lb in zip(cache.layers, other.layers):
+        la.keys = torch.cat([pad(la.keys, da), pad(lb.keys, db)], dim=0)
+        la.values = torch.cat([pad(la.values, da), pad(lb.values, db)], dim=0)
+    mask = torch.cat([torch.nn.functional.pad(mask, (da, 0)), torch.nn.functional.pad(other_mask, (db, 0))], dim=0)
+    return cache, mask, torch.cat([last, other_last], dim=0)
+
+
+def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs: list[GenSequence],
+                 admit: Callable[[int], list[GenSequence]] | None = None, max_rows: int | None = None) -> int:
+    """Generate ``seqs`` together: left padding, one prefill, then one token per step for each
+    unfinished row with the KV cache; finished or cancelled rows leave the batch at once.
+
+    With ``admit(free_rows) -> new sequences``, newcomers join between steps (continuous batching):
+    they are prefilled on their own, then their cache rows are appended to the running batch (left
+    padded), so short replies do not hold back queued requests until the longest reply ends.
+
+    Inputs mirror ``transformers.generate`` (position ids from the attention mask, the mask dropped
+    when nothing is padded, logits only for the last position), so greedy decoding gives the same
+    tokens as ``tunesmith.eval.generate.generate`` for a single prompt. Returns tokens generated.
+    """
+    device = model_device(model)
+    eos = {int(e) for e in eos_ids}
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    cache = _new_cache(model)
-    active = list(range(len(seqs)))
+    max_rows = max_rows or len(seqs)
     generated = 0
+
+    def advance(rows: list[GenSequence], logits: torch.Tensor) -> tuple[list[int], list[int]]:
+        nonlocal generated
+        picks = choose_tokens(rows, logits, decoder)
+        now = time.perf_counter()
+        keep, tokens = [], []
+        for r, (s, (tok, entry)) in enumerate(zip(rows, picks)):
+            if s.request.first_token_at is None:
+                s.request.first_token_at = now
+            generated += 1
+            if s.request.cancelled:
+                s.abort()
+                continue
+            if not s.accept(tok, tok in eos, decoder, entry):
+                keep.append(r)
+                tokens.append(tok)
+        return keep, tokens
+
+    def forward(ids, mask, positions, cache):
+        return model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
+                     past_key_values=cache, use_cache=True, **extra).logits[:, -1, :].float()
+
+    state = None                 # (cache, mask, last positions) of the live rows
+    live: list[GenSequence] = []
+    tokens: list[int] = []
+    pending = list(seqs)
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, **extra)
         while True:
-            logits = out.logits[:, -1, :].float()
-            live = [seqs[i] for i in active]
-            picks = choose_tokens(live, logits, decoder)
-            now = time.perf_counter()
-            keep, next_tokens = [], []
-            for r, (s, (tok, entry)) in enumerate(zip(live, picks)):
-                if s.request.first_token_at is None:
-                    s.request.first_token_at = now
-                generated += 1
-                if s.request.cancelled:
-                    s.abort()
-                    continue
-                if not s.accept(tok, tok in eos, decoder, entry):
-                    keep.append(r)
-                    next_tokens.append(tok)
-            if on_step is not None:
-                on_step(len(live))
-            if not keep:
+            if pending:                                   # prefill newcomers, then merge them in
+                ids, mask = _left_pad(pending, pad_id, device)
+                positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+                cache = _new_cache(model)
+                keep, first = advance(pending, forward(ids, mask, positions, cache))
+                if keep:
+                    if len(keep) < len(pending):
+                        index = torch.tensor(keep, device=device)
+                        cache.batch_select_indices(index)
+                        mask, positions = mask[index], positions[index]
+                    fresh = (cache, mask, positions[:, -1:])
+                    state = fresh if state is None else _join(state, fresh)
+                    live += [pending[r] for r in keep]
+                    tokens += first
+                pending = []
+            if not live:
                 return generated
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                active = [active[r] for r in keep]
+            cache, mask, last = state
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            step_ids = torch.tensor(next_tokens, dtype=torch.long, device=device).unsqueeze(1)
-            out = model(input_ids=step_ids, attention_mask=None if bool(mask.all()) else mask,
-                        position_ids=positions, past_key_values=cache, use_cache=True, **extra)
+            last = last + 1
+            step = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
+            keep, tokens = advance(live, forward(step, mask, last, cache))
+            if len(keep) < len(live):
+                if keep:
+                    index = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(index)
+                    mask, last = mask[index], last[index]
+                live = [live[r] for r in keep]
+            state = (cache, mask, last)
+            if admit is not None and live and len(live) < max_rows and joinable(cache):
+                pending = admit(max_rows - len(live))
 
 
 # ---- the scheduler ---------------------------------------------------------------------------------------
@@ -367,10 +423,12 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
 
 class Engine:
     """One scheduler thread: collects queued requests for the same model (up to ``max_batch_size``
-    rows, waiting up to ``batch_wait_ms`` after the oldest arrived) and generates them together.
+    rows, waiting up to ``batch_wait_ms`` after the oldest arrived) and generates them together;
+    while the batch runs, newly queued requests for the same model join it between decoding steps
+    (as long as the oldest queued request is for that model).
 
-    ``acquire(model_id)`` (from the registry) returns a runner with ``run(seqs) -> tokens`` that
-    decodes a batch; it is only ever called from the scheduler thread, so loading, evicting and
+    ``acquire(model_id)`` (from the registry) returns a runner with ``run(seqs, admit) -> tokens``
+    that decodes a batch; it is only ever called from the scheduler thread, so loading, evicting and
     switching adapters never race with generation.
     """
 
@@ -456,6 +514,32 @@ class Engine:
             if batch:
                 self._run(batch)
 
+    def _admit(self, model_id: str, free: int, batch: list[GenerationRequest]) -> list[GenSequence]:
+        """Queued requests for ``model_id`` that may join the running batch: only while the oldest
+        queued request is for this model (FIFO fairness between models) and only whole requests."""
+        taken: list[GenerationRequest] = []
+        rows = 0
+        with self._cond:
+            while self._queue and self._queue[0].model_id == model_id:
+                req = self._queue[0]
+                if req.cancelled:
+                    self._queue.pop(0)
+                    continue
+                if rows + len(req.sequences) > free:
+                    break
+                taken.append(self._queue.pop(0))
+                rows += len(req.sequences)
+            self._gauge()
+        for r in taken:
+            r.emit(Event("start", prompt_tokens=r.prompt_tokens))
+        if taken:
+            batch.extend(taken)
+            self.running = self.max_batch_size - free + rows
+            if self.metrics is not None:
+                self.metrics.batch_size.observe(self.running)
+                self.metrics.running.set(self.running)
+        return [s for r in taken for s in r.sequences]
+
     def _run(self, batch: list[GenerationRequest]) -> None:
         model_id = batch[0].model_id
         seqs = [s for r in batch for s in r.sequences]
@@ -473,7 +557,7 @@ class Engine:
         self.running = len(seqs)
         t0 = time.perf_counter()
         try:
-            generated = runner.run(seqs)
+            generated = runner.run(seqs, lambda free: self._admit(model_id, free, batch))
         except BaseException as e:
             for r in batch:
                 r.emit(Event("error", error=e))

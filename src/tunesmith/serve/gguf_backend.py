@@ -36,7 +36,8 @@ class GGUFRunner:
     def _is_eos(self, token: int) -> bool:
         return token in self.eos or bool(self._lib.llama_vocab_is_eog(self.llm._model.vocab, token))
 
-    def run(self, seqs) -> int:
+    def run(self, seqs, admit=None) -> int:
+        """Sequentially; ``admit`` (joining a running batch) does not apply here."""
         generated = 0
         for s in seqs:
             if s.request.cancelled:

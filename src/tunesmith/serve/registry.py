@@ -3,6 +3,7 @@ shared base and evicted least-recently-used beyond a memory budget."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .engine import TokenText, decode_batch
-from .schema import OpenAIError, bad_request, model_not_found
+from .schema import bad_request, model_not_found
 
 # peft methods whose adapters are LoRA modules: several of them share one wrapped base
 LORA_FAMILY = {"lora", "dora", "rslora"}
+log = logging.getLogger("tunesmith.serve")
 PROMPT_LEARNING = {"prompt_tuning", "prefix_tuning"}
 _GGUF_TAG = re.compile(r"(?:^|[-_.])((?:f|bf)16|f32|q\d(?:_[0-9a-z]+)*)$", re.IGNORECASE)
 
@@ -65,9 +67,10 @@ class RunsSource:
 
 
 def _created(path: Path) -> int:
-    try:
-        return int(json.loads((path / "run.json").read_text())["created_ts"])
-    except (OSError, ValueError, KeyError, TypeError):
+    try:      # run.json records local time as "%Y-%m-%dT%H:%M:%S"
+        return int(time.mktime(time.strptime(json.loads((path / "run.json").read_text())["created"],
+                                             "%Y-%m-%dT%H:%M:%S")))
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         pass
     try:
         return int((path / "recipe.yaml").stat().st_mtime)
@@ -113,13 +116,14 @@ class Runner:
     """Decodes one batch with a transformers model inside ``context()`` (e.g. the active adapter)."""
 
     def __init__(self, model, decoder: TokenText, eos_ids: list[int], pad_id: int, context=nullcontext,
-                 on_step=None):
+                 max_rows: int | None = None):
         self.model, self.decoder, self.eos_ids, self.pad_id = model, decoder, eos_ids, pad_id
-        self.context, self.on_step = context, on_step
+        self.context, self.max_rows = context, max_rows
 
-    def run(self, seqs) -> int:
+    def run(self, seqs, admit=None) -> int:
         with self.context():
-            return decode_batch(self.model, self.decoder, self.eos_ids, self.pad_id, seqs, self.on_step)
+            return decode_batch(self.model, self.decoder, self.eos_ids, self.pad_id, seqs, admit,
+                                max(self.max_rows or 0, len(seqs)))
 
 
 @dataclass
@@ -153,6 +157,7 @@ class Registry:
         self.metrics = metrics
         self.device = settings.resolved_device()
         self.budget = int(settings.adapter_budget_mb * 1024 * 1024)
+        self.max_rows = settings.max_batch_size
         self.started = int(time.time())
         self._meta: dict[tuple, ModelInfo] = {}
         self._tok_lock = threading.Lock()
@@ -161,6 +166,7 @@ class Registry:
         self._base = None          # (model, TokenText)
         self._peft = None          # peft wrapper around the base while any adapter is loaded
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
+        self._loaded_lock = threading.Lock()     # readers (health) vs the engine thread
         self._names = 0
         self._base_path = None
         self._gguf_available: bool | None = None
@@ -184,7 +190,12 @@ class Registry:
         base = self.base_info()
         out[base.id] = base
         for source in self.sources:
-            for served in source.models():
+            try:
+                served_models = source.models()
+            except Exception as e:     # one broken source must not take the others (or the base) down
+                log.warning("model source %r failed: %s", source, e)
+                continue
+            for served in served_models:
                 if served.id in out:
                     continue
                 info = self._describe(served)
@@ -210,6 +221,8 @@ class Registry:
         key = (served.id, str(run_dir), stamp)
         hit = self._meta.get(key)
         if hit is None:
+            if len(self._meta) > 4096:
+                self._meta.clear()
             hit = self._meta[key] = self._inspect(served, run_dir)
         return hit
 
@@ -329,22 +342,25 @@ class Registry:
         if info.kind == "base":
             model, _ = self._base_model()
             dec = self.decoder(info)
-            return Runner(model, dec, self._eos(dec, model), self._pad(dec), self._base_context,
-                          on_step=None)
+            return Runner(model, dec, self._eos(dec, model), self._pad(dec), self._base_context, self.max_rows)
         hit = self._loaded.get(model_id)
         if hit is not None and hit.info.weights == info.weights:
-            self._loaded.move_to_end(model_id)
+            with self._loaded_lock:
+                self._loaded.move_to_end(model_id)
             return hit.runner
         if hit is not None:       # the same id now points elsewhere (a re-published run)
             self._evict(model_id)
         loaded = {"adapter": self._load_adapter, "separate": self._load_separate,
                   "gguf": self._load_gguf}[info.kind](info)
-        self._loaded[model_id] = loaded
+        with self._loaded_lock:
+            self._loaded[model_id] = loaded
         self._enforce_budget(keep=model_id)
         return loaded.runner
 
     def loaded(self) -> dict[str, int]:
-        return {k: v.nbytes for k, v in self._loaded.items()}
+        """Loaded fine-tuned models and the bytes each counts against the budget (LRU first)."""
+        with self._loaded_lock:
+            return {k: v.nbytes for k, v in self._loaded.items()}
 
     def _base_model(self):
         if self._base is None:
@@ -392,7 +408,7 @@ class Registry:
             peft.set_adapter(name)
             yield
 
-        runner = Runner(base, dec, self._eos(dec, base), self._pad(dec), active)
+        runner = Runner(base, dec, self._eos(dec, base), self._pad(dec), active, self.max_rows)
         return _Loaded(info, nbytes, runner, adapter_name=name)
 
     def _load_separate(self, info: ModelInfo) -> _Loaded:
@@ -409,7 +425,8 @@ class Registry:
                                   trust_remote_code=recipe.model.trust_remote_code)
             model = methods.get(recipe.method.name).load(base, info.weights, recipe.method)
         model.eval()
-        return _Loaded(info, _param_bytes(model), Runner(model, dec, self._eos(dec, model), self._pad(dec)))
+        return _Loaded(info, _param_bytes(model), Runner(model, dec, self._eos(dec, model), self._pad(dec),
+                                                          max_rows=self.max_rows))
 
     def _load_gguf(self, info: ModelInfo) -> _Loaded:
         from .gguf_backend import GGUFRunner
@@ -424,7 +441,8 @@ class Registry:
         self._gauges()
 
     def _evict(self, model_id: str) -> None:
-        item = self._loaded.pop(model_id, None)
+        with self._loaded_lock:
+            item = self._loaded.pop(model_id, None)
         if item is None:
             return
         if item.adapter_name is not None and self._peft is not None:
