@@ -72,6 +72,7 @@ def recipe_file(tmp_path, tiny_model_dir, sentiment_file):
             "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "eval_every": 5, "save_every": 5},
             "eval": {"max_new_tokens": 4, "batch_size": 8, "embedding_model": "tfidf"},
             "forgetting": {"max_documents": 8, "max_prompts": 4},
+            "tracking": {"mlflow": False},
         }
         for key, value in sections.items():
             recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value

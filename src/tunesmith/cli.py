@@ -1,4 +1,4 @@
-"""`tunesmith` command line: run, data validate|prepare, train, eval, export, chat, models."""
+"""`tunesmith` command line: run, advise, sweep, runs, data, train, eval, export, verify, chat, serve, worker, models."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +11,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Turn a pretrained LLM into an evaluated domain expert, on your own hardware.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and prepare datasets.")
 app.add_typer(data_app, name="data")
+from .runs import runs_app  # noqa: E402  (light: heavy imports happen inside the commands)
+app.add_typer(runs_app, name="runs", help="List and compare run directories.")
 
 Overrides = typer.Argument(None, help="Recipe overrides as dotted key=value, e.g. train.lr=1e-4")
 
@@ -95,10 +97,42 @@ def evaluate(run_dir: str):
 
 
 @app.command()
-def export(run_dir: str):
-    """Export the adapter and a merged model directory (with the parity check) and model cards."""
+def export(run_dir: str,
+           format: str = typer.Option("hf", "--format", help="hf: adapter + merged folder; gguf: llama.cpp files "
+                                                             "of the merged model."),
+           quant: str = typer.Option("f16,q8_0", "--quant", help="GGUF types for --format gguf (f16, q8_0).")):
+    """Export the adapter and a merged model directory (with the parity check), or GGUF files."""
     from . import pipeline
+    from .errors import TunesmithError
+    if format == "gguf":
+        from .gguf_export import export_run_gguf, parse_quant
+        _console().print_json(data=export_run_gguf(run_dir, parse_quant(quant)))
+        return
+    if format != "hf":
+        raise TunesmithError(f"unknown export format '{format}'; expected hf or gguf", field="--format")
     _console().print_json(data=pipeline.export(run_dir))
+
+
+@app.command()
+def advise(recipe: str, overrides: Optional[List[str]] = Overrides,
+           sample: int = typer.Option(64, help="Held-out examples the baselines are measured on.")):
+    """Measure zero-shot, few-shot and RAG on a sample, time a training step, recommend a path."""
+    from .advise import advise as _advise, print_advice
+    print_advice(_advise(recipe, overrides, sample=sample), _console())
+
+
+def _register_plugins() -> None:
+    from .jobs.cli import worker as _worker
+    from .serve.cli import serve as _serve
+    from .sweep import sweep_command
+    from .verify import verify_command
+    app.command("sweep")(sweep_command)
+    app.command("verify")(verify_command)
+    app.command("serve")(_serve)
+    app.command("worker")(_worker)
+
+
+_register_plugins()
 
 
 @app.command()
@@ -129,12 +163,15 @@ def list_models():
 def main(argv: list[str] | None = None) -> int:
     from .errors import TunesmithError
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)    # without standalone mode, typer.Exit codes are returned
+        if isinstance(rc, int):
+            return rc
     except TunesmithError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue a run with `tunesmith run --resume RUN_DIR`", file=sys.stderr)
+        print("interrupted; continue a run with `tunesmith run --resume RUN_DIR`, a sweep by running "
+              "`tunesmith sweep RECIPE` again", file=sys.stderr)
         return 130
     except typer.Exit as e:
         return e.exit_code

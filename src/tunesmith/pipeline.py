@@ -66,6 +66,18 @@ class Run:
         return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _track(run: Run) -> None:
+    """Log the run so far to MLflow/TensorBoard (per the recipe); a broken tracking store never loses a run."""
+    cfg = run.recipe.tracking
+    if not (cfg.mlflow or cfg.tensorboard):
+        return
+    from .tracking import log_run
+    try:
+        log_run(run.path, cfg)
+    except TunesmithError as e:
+        console.print(f"[yellow]tracking skipped: {e}[/yellow]")
+
+
 def _as_run(target: str | Path | Run) -> Run:
     return target if isinstance(target, Run) else Run(Path(target))
 
@@ -227,10 +239,10 @@ def measure_base(session: _Session) -> dict | None:
         if base_result is None:
             base_result = _evaluate(session, session.base_model, "eval base", "base")
             atomic_write_json(run.path / "eval" / "base.json", base_result)
-    if run.load_json("eval/baselines.json") is None:
+    cheap = [k for k in r.eval.baselines if k in ("few_shot", "rag")]
+    if cheap and run.load_json("eval/baselines.json") is None:
         reason = _baseline_skip_reason(session)
-        cheap = [k for k in r.eval.baselines if k in ("few_shot", "rag")]
-        out: dict = {"skipped": reason} if reason and cheap else {}
+        out: dict = {"skipped": reason} if reason else {}
         if not reason:
             tests = _baseline_tests(session)
             for kind in cheap:
@@ -281,6 +293,7 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
         return run, result
     save_tuned(session.method, model, session.tokenizer, run.path / "model", session.objective)
     run.mark("train", steps=result.steps, wall_s=result.wall_s)
+    _track(run)
     return run, result
 
 
@@ -365,6 +378,7 @@ def evaluate(target: str | Path | Run, *, session: _Session | None = None, base_
     atomic_write_json(run.path / "eval" / "report_data.json", results)
     write_reports(run.path, results)
     run.mark("eval", tuned=summary["tuned"]["metrics"])
+    _track(run)
     return summary
 
 
@@ -411,6 +425,14 @@ def export(target: str | Path | Run, *, session: _Session | None = None, tuned_m
         if r.export.check_parity else None
     result = _export(session.method, model, session.tokenizer, r, run.path, session.manifest, summary, prompts,
                      objective=session.objective)
+    if r.export.gguf:
+        if result.get("merged"):
+            from .gguf_export import export_run_gguf
+            result["gguf"] = export_run_gguf(run.path, r.export.gguf)
+        else:
+            console.print("[yellow]export.gguf skipped: needs a merged model (a mergeable method and "
+                          "export.merged: true)[/yellow]")
+            result["gguf"] = None
     atomic_write_json(run.path / "export" / "export.json", result)
     session.tuned_model = None   # merged in place; reload from disk if needed again
     data = run.load_json("eval/report_data.json")
@@ -420,6 +442,7 @@ def export(target: str | Path | Run, *, session: _Session | None = None, tuned_m
         atomic_write_json(run.path / "eval" / "report_data.json", data)
         write_reports(run.path, data)
     run.mark("export", **{k: v for k, v in result.items() if k != "parity"})
+    _track(run)
     return result
 
 
@@ -442,8 +465,16 @@ def run(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, 
     train(the_run, resume=bool(resume_dir), session=session, on_eval=on_eval, on_step=on_step)
     if not evaluate_tuned:       # sweeps judged on validation loss stop here
         the_run.mark("run", wall_s=time.perf_counter() - t0)
+        _track(the_run)
         return the_run.path
     evaluate(the_run, session=session, base_result=base_result)
     export(the_run, session=session)
+    session.base_model = session.tuned_model = None      # free memory before loading the artifacts again
+    if r.export.verify:
+        from .verify import verify_after_export
+        res = verify_after_export(the_run.path, prompts=max(r.export.parity_prompts, 1))
+        if res is not None:
+            the_run.mark("verify", ok=res["ok"], compared=res["compared"])
     the_run.mark("run", wall_s=time.perf_counter() - t0)
+    _track(the_run)
     return the_run.path

@@ -264,7 +264,21 @@ def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str |
     return result
 
 
-def verify_after_export(run_dir: str | Path, prompts: int = 8) -> dict | None:
+def verify_live(run_dir: str | Path, *, prompts: int = 8, max_new_tokens: int | None = None,
+                print_table: bool = True) -> dict:
+    """``verify`` with the live-server check against tunesmith's own server, started on loopback for
+    the run (base model + this run) and stopped afterwards."""
+    from .pipeline import Run
+    from .serve import ServeSettings, create_app
+    from .serve.background import BackgroundServer
+    run = Run(Path(run_dir))
+    settings = ServeSettings(model=run.recipe.model.name, runs=[run.path], api_keys=[])
+    with BackgroundServer(create_app(settings)) as srv:
+        return verify(run.path, server_url=srv.url, prompts=prompts, max_new_tokens=max_new_tokens,
+                      print_table=print_table)
+
+
+def verify_after_export(run_dir: str | Path, prompts: int = 8, live: bool = True) -> dict | None:
     """The end-of-run check (``export.verify``): verify when there is something to compare, else None.
 
     Nothing to compare: a classification run, a run whose test split has no chat prompts
@@ -280,7 +294,7 @@ def verify_after_export(run_dir: str | Path, prompts: int = 8) -> dict | None:
     splits, _ = load_splits(run.path / "data")
     if not any(ex.messages for ex in splits["test"]):
         return None
-    return verify(run.path, prompts=prompts)
+    return verify_live(run.path, prompts=prompts) if live else verify(run.path, prompts=prompts)
 
 
 def print_report(result: dict) -> None:
@@ -322,9 +336,17 @@ def verify_command(run_dir: str = typer.Argument(..., help="Run directory to che
                                                          help="Bearer token for --server."),
                    prompts: int = typer.Option(8, "--prompts", help="Test prompts to compare."),
                    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
-                                                                help="Reply length (default: eval.max_new_tokens).")):
+                                                                help="Reply length (default: eval.max_new_tokens)."),
+                   live: bool = typer.Option(False, "--live", help="Start tunesmith's own server on loopback for "
+                                                                   "the run and check it too.")):
     """Check that the merged model, GGUF files and a live server answer exactly like adapter-on-base."""
-    result = verify(run_dir, server_url=server, api_key=api_key, prompts=prompts, max_new_tokens=max_new_tokens)
+    if live and server:
+        from .errors import TunesmithError
+        raise TunesmithError("use --server URL or --live, not both", field="--live")
+    if live:
+        result = verify_live(run_dir, prompts=prompts, max_new_tokens=max_new_tokens)
+    else:
+        result = verify(run_dir, server_url=server, api_key=api_key, prompts=prompts, max_new_tokens=max_new_tokens)
     if not result["ok"]:
         raise typer.Exit(1)
 
