@@ -1,0 +1,46 @@
+"""`tunesmith advise`: baselines on a sample, a timed training probe and a recommendation (tiny model)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunesmith.advise import advise, choose_method, verdict
+from tunesmith.cli import main
+
+
+def test_advise_measures_baselines_and_recommends(recipe_file, capsys):
+    out = advise(recipe_file(), sample=8)
+    assert set(out["baselines"]) == {"base", "few_shot", "rag"}
+    assert out["metric"] == "accuracy" and out["sample"] == 8
+    assert out["baselines"]["few_shot"]["prompt_tokens"] > out["baselines"]["base"]["prompt_tokens"]
+    probe = out["training_probe"]
+    assert probe["tokens_per_s"] > 0 and probe["trainable_parameters"] > 0
+    assert out["estimated_training_s"] > 0
+    assert out["method"]["family"] and out["verdict"]["text"]
+    saved = json.loads(open(out["path"]).read())
+    assert saved["baselines"]["rag"]["score"] == out["baselines"]["rag"]["score"]
+
+
+def test_advise_cli_prints_the_numbers(recipe_file, capsys):
+    assert main(["advise", str(recipe_file()), "--sample", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "base few-shot" in text and "fine-tune?" in text and "method:" in text
+
+
+@pytest.mark.parametrize("n,memory,family", [
+    (20, 24 << 30, "none (prompting)"), (120, 24 << 30, "small LoRA"), (1000, 24 << 30, "LoRA"),
+    (20000, 24 << 30, "full fine-tuning"), (20000, 2 << 30, "LoRA")])
+def test_method_choice_follows_data_size_and_memory(n, memory, family):
+    probe = {"peak_rss_bytes": 1 << 30}
+    assert choose_method(n, 135_000_000, memory, probe)["family"] == family
+
+
+def test_method_choice_falls_back_to_light_adapters_when_memory_is_tight():
+    assert choose_method(1000, 135_000_000, 4 << 30, {"peak_rss_bytes": 3 << 30})["method"] == "ia3"
+
+
+def test_verdict():
+    assert not verdict({"base": 0.97, "few_shot": 0.9, "rag": 0.9}, "accuracy")["fine_tune"]
+    assert verdict({"base": 0.4, "few_shot": 0.45, "rag": 0.8}, "accuracy")["best_baseline"] == "rag"
+    assert verdict({"base": 0.5, "few_shot": 0.6, "rag": 0.55}, "accuracy")["fine_tune"]
