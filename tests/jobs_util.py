@@ -84,3 +84,16 @@ def events(client, job_id: str) -> list[dict]:
         if not page["has_more"]:
             return out[::-1]
         after = page["data"][-1]["id"]
+
+
+def router_client(ctx):
+    """A TestClient over an app with only the files and jobs routers (a context manager)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tunesmith.jobs.api import jobs_router
+    from tunesmith.jobs.files import files_router
+    app = FastAPI()
+    app.include_router(files_router(ctx))
+    app.include_router(jobs_router(ctx))
+    return TestClient(app)

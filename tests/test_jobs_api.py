@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from jobs_util import chat_rows, db_url_for, dpo_rows, jsonl, prompt_rows, settings_for, upload
+from jobs_util import chat_rows, db_url_for, dpo_rows, jsonl, prompt_rows, router_client, settings_for, upload
 
 JOB_KEYS = {"object", "id", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model",
             "organization_id", "result_files", "seed", "status", "trained_tokens", "training_file",
@@ -30,12 +28,7 @@ def ctx(db_url, tmp_path, tiny_model_dir):
 
 @pytest.fixture
 def client(ctx):
-    from tunesmith.jobs.api import jobs_router
-    from tunesmith.jobs.files import files_router
-    app = FastAPI()
-    app.include_router(files_router(ctx))
-    app.include_router(jobs_router(ctx))
-    with TestClient(app) as c:
+    with router_client(ctx) as c:
         yield c
 
 

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from jobs_util import chat_rows, db_url_for, dpo_rows, events, settings_for, upload, wait_for
+from jobs_util import chat_rows, db_url_for, dpo_rows, events, router_client, settings_for, upload, wait_for
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -36,12 +35,7 @@ def ctx(db_url, tmp_path, tiny_model_dir):
 
 @pytest.fixture
 def client(ctx):
-    from tunesmith.jobs.api import jobs_router
-    from tunesmith.jobs.files import files_router
-    app = FastAPI()
-    app.include_router(files_router(ctx))
-    app.include_router(jobs_router(ctx))
-    with TestClient(app) as c:
+    with router_client(ctx) as c:
         yield c
 
 

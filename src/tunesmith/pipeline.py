@@ -389,7 +389,8 @@ def _decide(session: _Session, run: Run, base_result, tuned_result, tuned_model)
     baselines = run.load_json("eval/baselines.json") or {}
     results = {"base": base_result, "tuned": tuned_result,
                **{k: v for k, v in baselines.items() if k in ("few_shot", "rag")}}
-    if "tuned_rag" in r.eval.baselines and not _baseline_skip_reason(session):
+    if "tuned_rag" in r.eval.baselines and not _baseline_skip_reason(session) and \
+            r.objective.name != "classification":     # a label head does not read retrieved passages
         results["tuned_rag"] = _score_baseline(session, tuned_model, "tuned_rag", _baseline_tests(session))
         atomic_write_json(run.path / "eval" / "baselines.json", {**baselines, "tuned_rag": results["tuned_rag"]})
     table = decide.systems_table(results, r, session.labels, run.load_json("train.json"))

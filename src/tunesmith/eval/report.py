@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from datetime import datetime
 from pathlib import Path

@@ -438,23 +438,24 @@ async def _events(job: _Job):
         job.finish_metrics()
 
 
-async def _chat_stream(job: _Job, cid: str, created: int, model: str, include_usage: bool, logprobs: bool):
+def _chunker(cid: str, created: int, model: str, obj_type: str, include_usage: bool):
     def chunk(choices: list, usage=None) -> str:
-        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+        obj = {"id": cid, "object": obj_type, "created": created, "model": model,
                "system_fingerprint": None, "choices": choices}
         if include_usage:
             obj["usage"] = usage
         return _sse(obj)
+    return chunk
 
-    for i in range(job.total):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None}])
+
+async def _stream_events(job: _Job, chunk, delta, finish, include_usage: bool):
+    """The SSE body after any opening chunks: one chunk per delta and finish, an error event in
+    OpenAI's envelope, the usage chunk when asked, then ``[DONE]``."""
     async for ev in _events(job):
         if ev.kind == "delta" and (ev.text or ev.logprobs):
-            yield chunk([{"index": ev.index, "delta": {"content": ev.text},
-                          "logprobs": _chat_logprobs(ev.logprobs) if logprobs else None, "finish_reason": None}])
+            yield chunk([delta(ev)])
         elif ev.kind == "finish":
-            yield chunk([{"index": ev.index, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}])
+            yield chunk([finish(ev)])
         elif ev.kind == "error":
             err = _as_openai(ev.error)
             job.state.metrics.errors.labels(kind=err.code or err.type).inc()
@@ -464,32 +465,32 @@ async def _chat_stream(job: _Job, cid: str, created: int, model: str, include_us
     if include_usage:
         yield chunk([], usage=job.usage())
     yield "data: [DONE]\n\n"
+
+
+async def _chat_stream(job: _Job, cid: str, created: int, model: str, include_usage: bool, logprobs: bool):
+    chunk = _chunker(cid, created, model, "chat.completion.chunk", include_usage)
+    for i in range(job.total):
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}])
+    async for line in _stream_events(
+            job, chunk,
+            lambda ev: {"index": ev.index, "delta": {"content": ev.text},
+                        "logprobs": _chat_logprobs(ev.logprobs) if logprobs else None, "finish_reason": None},
+            lambda ev: {"index": ev.index, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason},
+            include_usage):
+        yield line
 
 
 async def _completion_stream(job: _Job, cid: str, created: int, model: str, include_usage: bool, logprobs: bool,
                              echo: list[str]):
-    def chunk(choices: list, usage=None) -> str:
-        obj = {"id": cid, "object": "text_completion", "created": created, "model": model,
-               "system_fingerprint": None, "choices": choices}
-        if include_usage:
-            obj["usage"] = usage
-        return _sse(obj)
-
+    chunk = _chunker(cid, created, model, "text_completion", include_usage)
     for i, text in enumerate(echo):
         if text:
             yield chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
-    async for ev in _events(job):
-        if ev.kind == "delta" and (ev.text or ev.logprobs):
-            yield chunk([{"index": ev.index, "text": ev.text,
-                          "logprobs": _completion_logprobs(ev.logprobs) if logprobs else None, "finish_reason": None}])
-        elif ev.kind == "finish":
-            yield chunk([{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}])
-        elif ev.kind == "error":
-            err = _as_openai(ev.error)
-            job.state.metrics.errors.labels(kind=err.code or err.type).inc()
-            yield _sse(err.body())
-            yield "data: [DONE]\n\n"
-            return
-    if include_usage:
-        yield chunk([], usage=job.usage())
-    yield "data: [DONE]\n\n"
+    async for line in _stream_events(
+            job, chunk,
+            lambda ev: {"index": ev.index, "text": ev.text,
+                        "logprobs": _completion_logprobs(ev.logprobs) if logprobs else None, "finish_reason": None},
+            lambda ev: {"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason},
+            include_usage):
+        yield line
