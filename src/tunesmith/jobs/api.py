@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from .. import models as model_catalogue
 from .db import (CANCELLED, PAUSED, QUEUED, RUNNING, VALIDATING, CheckpointRow, EventRow, JobRow,
-                 add_event, new_id, now, page, transition)
+                 add_event, after_cursor, new_id, now, page, transition)
 from .errors import APIError, ErrorRoute, bad_request, not_found
 from .files import FINE_TUNE_FORMATS, get_file
 from .recipe import JOB_HYPERPARAMETERS, check_hyperparameters, job_recipe, parse_method, resolve
@@ -189,11 +189,7 @@ def jobs_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
         wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
                   if k.startswith("metadata[") and k.endswith("]")}
         with ctx.db.session() as s:
-            after_seq = None
-            if after:
-                after_seq = s.scalar(select(JobRow.seq).where(JobRow.id == after))
-                if after_seq is None:
-                    raise bad_request(f"Invalid 'after': no fine-tuning job {after}", param="after")
+            after_seq = after_cursor(s, JobRow, after, "fine-tuning job")
             if not wanted:
                 rows, more = page(s, JobRow, after_seq=after_seq, limit=limit)
             else:       # metadata filters: scan newest first in chunks, keep matches
@@ -234,11 +230,7 @@ def jobs_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
     def list_events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
         _job(ctx, job_id)
         with ctx.db.session() as s:
-            after_seq = None
-            if after:
-                after_seq = s.scalar(select(EventRow.seq).where(EventRow.id == after, EventRow.job_id == job_id))
-                if after_seq is None:
-                    raise bad_request(f"Invalid 'after': no event {after} in job {job_id}", param="after")
+            after_seq = after_cursor(s, EventRow, after, "event", EventRow.job_id == job_id, scope=f" in job {job_id}")
             rows, more = page(s, EventRow, EventRow.job_id == job_id, after_seq=after_seq, limit=limit)
         return {"object": "list", "data": [event_object(r) for r in rows], "has_more": more}
 
@@ -246,12 +238,8 @@ def jobs_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
     def list_checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=1000)):
         _job(ctx, job_id)
         with ctx.db.session() as s:
-            after_seq = None
-            if after:
-                after_seq = s.scalar(select(CheckpointRow.seq).where(CheckpointRow.id == after,
-                                                                     CheckpointRow.job_id == job_id))
-                if after_seq is None:
-                    raise bad_request(f"Invalid 'after': no checkpoint {after} in job {job_id}", param="after")
+            after_seq = after_cursor(s, CheckpointRow, after, "checkpoint", CheckpointRow.job_id == job_id,
+                                     scope=f" in job {job_id}")
             rows, more = page(s, CheckpointRow, CheckpointRow.job_id == job_id, after_seq=after_seq, limit=limit)
         data = [checkpoint_object(r) for r in rows]
         return {"object": "list", "data": data, "has_more": more,

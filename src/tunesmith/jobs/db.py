@@ -189,6 +189,17 @@ def transition(s: Session, job_id: str, from_statuses: tuple[str, ...] | list[st
     return s.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount == 1
 
 
+def after_cursor(s: Session, model, after: str | None, what: str, *filters, scope: str = "") -> int | None:
+    """The ``seq`` of the row with id ``after`` (a list's cursor), None without one; an unknown id is a 400."""
+    if not after:
+        return None
+    seq = s.scalar(select(model.seq).where(model.id == after, *filters))
+    if seq is None:
+        from .errors import bad_request
+        raise bad_request(f"Invalid 'after': no {what} {after}{scope}", param="after")
+    return seq
+
+
 def page(s: Session, model, *filters, after_seq: int | None, limit: int, descending: bool = True):
     """One page of ``model`` rows in ``seq`` order after ``after_seq``; returns (rows, has_more)."""
     stmt = select(model).where(*filters)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from ..errors import TunesmithError
-from .db import FileRow, new_id, now, page
+from .db import FileRow, after_cursor, new_id, now, page
 from .errors import APIError, ErrorRoute, bad_request, not_found
 from .settings import JobsContext
 
@@ -189,11 +189,7 @@ def files_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
         _purge_expired(ctx)
         filters = [FileRow.purpose == purpose] if purpose else []
         with ctx.db.session() as s:
-            after_seq = None
-            if after:
-                after_seq = s.scalar(select(FileRow.seq).where(FileRow.id == after))
-                if after_seq is None:
-                    raise bad_request(f"Invalid 'after': no file {after}", param="after")
+            after_seq = after_cursor(s, FileRow, after, "file")
             rows, more = page(s, FileRow, *filters, after_seq=after_seq, limit=limit,
                               descending=order == "desc")
         data = [file_object(r) for r in rows]
