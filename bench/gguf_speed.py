@@ -41,7 +41,7 @@ from pathlib import Path
 
 def _prompts(run: Path, n: int, tokenizer) -> list[list[int]]:
     from tunesmith.data.prepare import load_splits
-    from tunesmith.eval.generate import render_prompt
+    from tunesmith.generation import render_prompt
     splits, _ = load_splits(run / "data")
     chats = [ex.prompt_messages for ex in splits["test"] if ex.messages][:n]
     if not chats:
@@ -155,7 +155,7 @@ def main() -> None:
     if not (merged / "config.json").is_file():
         sys.exit(f"{merged}: no merged model")
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    from tunesmith.eval.generate import eos_token_ids
+    from tunesmith.generation import eos_token_ids
     eos_ids = set(eos_token_ids(tokenizer))
     prompts = _prompts(args.run, args.prompts, tokenizer)
     ignore_eos = not args.stop_at_eos

@@ -7,7 +7,7 @@ The same LoRA SFT job is trained three ways, each in its own subprocess (so peak
 system and imports do not interfere):
 
 * ``tunesmith``   -- ``tunesmith.train.loop.train`` with the SFT objective, tunesmith's defaults
-                     (fp32, no gradient checkpointing, length-grouped batches, no packing).
+                     (precision auto, no gradient checkpointing, length-grouped batches, no packing).
 * ``trl_default`` -- TRL ``SFTTrainer`` with ``SFTConfig`` defaults, apart from what has to be
                      equal for a fair comparison (batch, accumulation, steps, max_length, lr and
                      schedule, LoRA, seed) and what a CPU-only benchmark needs (``use_cpu=True``,
@@ -29,7 +29,8 @@ the prompt; TRL gets a conversational prompt/completion dataset, for which its d
 
 Printed (and written to ``--out``): one JSON object with, per system, real (non-pad) tokens/s,
 peak RSS, wall time, tokens, optimizer steps, final loss and the fraction of this machine's
-measured fp32 matmul peak (see "notes" in the JSON for exactly how each number is counted).
+measured fp32 matmul peak and of its best peak (fp32 or bf16, whichever is faster), tunesmith's
+chosen precision (see "notes" in the JSON for exactly how each number is counted).
 
 Run it
 ------
@@ -54,6 +55,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,8 +109,8 @@ NOTES = [
     "trained_tokens differ slightly by design: tunesmith trains the answer through its end-of-turn token "
     "(<|im_end|>); TRL's prompt/completion split also trains the newline the chat template puts after it.",
     "peak_fraction divides by the fp32 matmul peak (2048^3 torch.mm, best of several) measured in the "
-    "parent before the runs; bf16 autocast runs (trl_default) are also compared with the bf16 peak in "
-    "'peak_fraction_bf16'.",
+    "parent before the runs; bf16 autocast runs (trl_default, tunesmith if its probe picks bf16) also by the "
+    "bf16 peak ('peak_fraction_bf16'); 'peak_fraction_best' divides by the faster of the two peaks.",
 ]
 
 
@@ -196,7 +198,7 @@ def worker_tunesmith(args) -> dict:
     cfg = TrainConfig(epochs=1, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       lr=args.lr, warmup_ratio=WARMUP_RATIO, scheduler=SCHEDULER, max_grad_norm=MAX_GRAD_NORM,
                       eval_every=10**9, save_every=10**9, early_stopping_patience=None,
-                      gradient_checkpointing=False, seed=SEED, device="cpu")
+                      gradient_checkpointing=False, seed=SEED, device="cpu", precision=args.tunesmith_precision)
     prepare_s = time.perf_counter() - t0
     rss_before, peak_before = _rss_now_mb(), _peak_rss_mb()
     with tempfile.TemporaryDirectory(prefix="bench-tunesmith-") as run_dir:
@@ -235,7 +237,9 @@ def worker_tunesmith(args) -> dict:
         "lora_params": lora_params, "shape": shape, "counters": c,
         **flops(shape, lora_params, c, grad_ckpt=False, head="trained"),
         "config": {"packing": bool(args.tunesmith_packing), "gradient_checkpointing": False,
-                   "precision": "fp32", "sequences": len(seqs), "tokenize_stats": stats},
+                   "precision": result.precision["used"], "precision_reason": result.precision["reason"],
+                   "mixed_precision": {"bf16": "bf16"}.get(result.precision["used"], "no"),
+                   "sequences": len(seqs), "tokenize_stats": stats},
     }
 
 
@@ -348,7 +352,7 @@ def worker_trl(args, best: bool) -> dict:
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
                      "torch": torch.__version__},
     }
-    shutil_rmtree(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
     return {
         "tokens": c["tokens"], "trained_tokens": c["trained_tokens"], "steps": trainer.state.global_step,
         "micro_batches": c["micro_batches"], "wall_s": wall, "tokens_per_s": c["tokens"] / max(wall, 1e-9),
@@ -367,11 +371,6 @@ def worker_trl(args, best: bool) -> dict:
 def _plain(value) -> str:
     """An enum's value (``OptimizerNames.ADAMW_TORCH_FUSED`` -> ``adamw_torch_fused``), else str()."""
     return str(getattr(value, "value", value))
-
-
-def shutil_rmtree(path: str) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def run_worker(args) -> None:
@@ -481,6 +480,8 @@ def summarise(name: str, r: dict, peak: float, peak_bf16: float | None) -> dict:
         out["trl_num_tokens"] = r["trl_num_tokens"]
     if peak_bf16 and r["config"].get("mixed_precision") == "bf16":
         out["peak_fraction_bf16"] = round(r["model_flops"] / r["wall_s"] / 1e9 / peak_bf16, 4)
+    best = max(peak, peak_bf16 or 0.0)     # the best the hardware offers, whichever precision that is
+    out["peak_fraction_best"] = round(r["model_flops"] / r["wall_s"] / 1e9 / best, 4)
     if r.get("notes"):
         out["notes"] = r["notes"]
     return out
@@ -506,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct", help="tunesmith model reference")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--tunesmith-packing", action="store_true", help="pack tunesmith's sequences too")
+    p.add_argument("--tunesmith-precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_result", default=None, help=argparse.SUPPRESS)
@@ -534,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                "torch": torch.__version__, "matmul_peak_gflops": round(peak, 1),
                "matmul_peak_bf16_gflops": round(peak_bf16, 1) if peak_bf16 else None,
                "matmul_peak_method": "torch.mm 2048x2048 @ 2048x2048, best of 5 (bf16: best of 3)",
+               "best_peak": "bf16" if peak_bf16 and peak_bf16 > peak else "fp32",
                "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
     raw = {name: run_child(args, name) for name in runs}
@@ -574,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = json.dumps(report, indent=2)
     print(text)
+    if ts and "error" not in ts:
+        print(f"tunesmith precision: {ts['config']['precision']} ({ts['config']['precision_reason']}); {100 * ts['peak_fraction_best']:.0f}% "
+              f"of the best peak ({machine['best_peak']} {max(peak, peak_bf16 or 0.0):.0f} GFLOP/s)", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
     return 1 if any("error" in r for r in results.values()) else 0

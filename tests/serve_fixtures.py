@@ -24,7 +24,10 @@ def tiny_recipe(root: Path, model_dir: Path, data_file: Path, name: str, **secti
         "export": {"parity_prompts": 2},
     }
     for key, value in sections.items():
-        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+        if key == "method" and value.get("name", recipe["method"]["name"]) != recipe["method"]["name"]:
+            recipe[key] = dict(value)            # another method: LoRA's keys do not apply
+        else:
+            recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe
 
 
@@ -80,7 +83,7 @@ def reference_generate(run_dir: Path, messages: list[dict], max_new: int) -> str
     from transformers import AutoTokenizer
 
     from tunesmith import methods, models
-    from tunesmith.eval.generate import generate
+    from tunesmith.generation import generate
     from tunesmith.pipeline import Run
     run = Run(run_dir)
     base, _ = models.load(run.recipe.model.name)

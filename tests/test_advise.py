@@ -18,6 +18,12 @@ def test_advise_measures_baselines_and_recommends(recipe_file, capsys):
     assert probe["tokens_per_s"] > 0 and probe["trainable_parameters"] > 0
     assert out["estimated_training_s"] > 0
     assert out["method"]["family"] and out["verdict"]["text"]
+    rec = out["recommendation"]           # one answer; the fine-tune and method fields are views of it
+    assert out["verdict"]["fine_tune"] is rec["fine_tune"] and out["verdict"]["text"] == rec["text"]
+    assert (out["method"]["method"] is not None) is rec["fine_tune"]
+    lo, hi = out["baselines"]["base"]["interval"]
+    assert lo <= out["baselines"]["base"]["score"] <= hi
+    assert out["majority"]["answer"] in ("negative", "positive") and 0 <= out["majority"]["score"] <= 1
     saved = json.loads(open(out["path"]).read())
     assert saved["baselines"]["rag"]["score"] == out["baselines"]["rag"]["score"]
 
@@ -25,7 +31,9 @@ def test_advise_measures_baselines_and_recommends(recipe_file, capsys):
 def test_advise_cli_prints_the_numbers(recipe_file, capsys):
     assert main(["advise", str(recipe_file()), "--sample", "6"]) == 0
     text = capsys.readouterr().out
-    assert "base few-shot" in text and "fine-tune?" in text and "method:" in text
+    assert "base few-shot" in text and "recommendation:" in text and "fine-tune?" in text and "method:" in text
+    assert "majority class" in text and "95% CI" in text
+    assert text.count("fine-tune?") == 1 and text.count("recommendation:") == 1
 
 
 @pytest.mark.parametrize("n,memory,family", [

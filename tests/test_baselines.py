@@ -103,13 +103,23 @@ def test_forgetting_compare_flags_a_perplexity_rise():
 
 
 def test_recommendation_follows_the_numbers():
+    """Decided by the paired 95% interval of fine-tuned minus the best alternative on 100 items."""
+    r = load_recipe({"task": "classification", "data": {"train": "x.jsonl"}})
+    labels = ["negative", "positive"]
+    refs = ["positive" if i % 2 else "negative" for i in range(100)]
+
+    def result(right):        # the first `right` answers are correct, the rest name no label
+        preds = [x if i < right else "no idea" for i, x in enumerate(refs)]
+        return {"metrics": {"accuracy": right / 100},
+                "predictions": [{"prediction": p, "reference": x} for p, x in zip(preds, refs)]}
+
     def table(tuned, rag):
-        rows = [{"system": "base", "metrics": {"accuracy": 0.5}}, {"system": "rag", "metrics": {"accuracy": rag}},
-                {"system": "tuned", "metrics": {"accuracy": tuned}, "training_s": 60}]
-        return {"rows": rows, "n": 100, "headline": "accuracy"}
-    assert decide.recommend(table(0.9, 0.6))["verdict"] == "fine-tune"
-    assert decide.recommend(table(0.61, 0.6))["verdict"] == "rag"
-    bad = decide.recommend(table(0.4, 0.6))
+        return decide.systems_table({"base": result(50), "rag": result(rag), "tuned": result(tuned)}, r, labels,
+                                    {"wall_s": 60}, train_references=refs)
+    assert decide.recommend(table(90, 60))["verdict"] == "fine-tune"
+    close = decide.recommend(table(61, 60))
+    assert close["verdict"] == "rag" and close["decision"] == "inconclusive"
+    bad = decide.recommend(table(40, 60))
     assert bad["verdict"] == "rag" and "Do not deploy" in bad["text"]
 
 
@@ -120,10 +130,14 @@ def test_run_reports_baselines_forgetting_and_contamination(recipe_file):
     run_dir = pipeline.run(path)
     data = json.loads((run_dir / "eval" / "report_data.json").read_text())
     rows = {r["system"]: r for r in data["systems"]["rows"]}
-    assert set(rows) == {"base", "few_shot", "rag", "tuned", "tuned_rag"}
+    assert set(rows) == {"majority", "base", "few_shot", "rag", "tuned", "tuned_rag"}
     assert data["systems"]["n"] == 12
     for key in rows:
-        assert "accuracy" in rows[key]["metrics"] and rows[key]["latency_s"] > 0
+        assert "accuracy" in rows[key]["metrics"] and (key == "majority" or rows[key]["latency_s"] > 0)
+        lo, hi = rows[key]["intervals"]["accuracy"]
+        assert lo <= rows[key]["metrics"]["accuracy"] <= hi
+        assert sum(rows[key]["answers"].values()) == 12
+    assert {(d["from"], d["to"]) for d in data["systems"]["deltas"]} >= {("base", "tuned"), ("few_shot", "tuned")}
     # few-shot and RAG prompts carry context: more prompt tokens per request than zero-shot
     assert rows["few_shot"]["prompt_tokens"] > rows["base"]["prompt_tokens"]
     assert rows["rag"]["prompt_tokens"] > rows["base"]["prompt_tokens"]
@@ -142,10 +156,10 @@ def test_replay_mixes_general_text_into_training(recipe_file):
     path = recipe_file(task="sft", data={"format": "labelled"}, forgetting={"replay": 0.25, "max_documents": 8},
                        train={"max_steps": 2}, eval={"baselines": []})
     run = pipeline.prepare(path)
-    session = pipeline._Session(run)
+    session = pipeline.Session(run)
     n_task = session.token_stats["train"]["kept"]
     assert session.token_stats["replay"]["sequences"] == round(n_task * 0.25 / 0.75)
     assert len(session.seqs["train"]) == n_task + session.token_stats["replay"]["sequences"]
+    dpo_run = pipeline.prepare(path, ["objective.name=dpo"])
     with pytest.raises(TunesmithError, match="objective sft"):
-        load = load_recipe(path, ["objective.name=dpo"])
-        forgetting.replay_sequences(load, session.tokenizer, 10)
+        pipeline.Session(dpo_run)

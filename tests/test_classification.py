@@ -25,7 +25,8 @@ def make_recipe(tmp_path, n_rows=80, **method):
         "data": {"train": str(path), "format": "labelled", "labels": {"0": "negative", "1": "positive"},
                  "instruction": "Is this positive or negative?", "max_length": 64,
                  "clean": {"near_dedup": False}},
-        "method": {"name": "lora", "r": 4, "alpha": 8, "top_k_layers": 0, **method},
+        "method": {"name": "freeze", "top_k_layers": 0, **method} if method.get("name") == "freeze"
+        else {"name": "lora", "r": 4, "alpha": 8, **method},
         "objective": {"name": "classification"},
         "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "eval_every": 10, "save_every": 1000,
                   "device": "cpu", "early_stopping_patience": None},

@@ -26,10 +26,9 @@ def only_line(err: str) -> str:
     return lines[0]
 
 
-def test_run_writes_a_complete_self_describing_run(recipe_file, tmp_path, capsys):
-    recipe = recipe_file()
-    assert main(["run", str(recipe)]) == 0
-    run = tmp_path / "runs" / "tiny-001"
+def test_run_writes_a_complete_self_describing_run(finished_run):
+    run = finished_run.path                 # `tunesmith run` on the default recipe_file recipe
+    assert run.name == "tiny-001"
     for rel in ["recipe.yaml", "run.json", "data/manifest.json", "data/train.jsonl", "data/test.jsonl",
                 "metrics.jsonl", "train.json", "model/adapter_model.safetensors", "eval/base.json",
                 "eval/tuned.json", "eval/summary.json", "report.md", "report.html", "loss.png",
@@ -48,27 +47,25 @@ def test_run_writes_a_complete_self_describing_run(recipe_file, tmp_path, capsys
     assert len(manifest["files"]["train"]["sha256"]) == 64
     info = json.loads((run / "run.json").read_text())
     assert {"prepare", "train", "eval", "export", "run"} <= info["stages"].keys()
-    out = capsys.readouterr().out
+    out = finished_run.stdout
     assert "report.html" in out and f"tunesmith chat {run}" in " ".join(out.split())
     card = (run / "export" / "merged" / "README.md").read_text()
     assert "sha256" in card and "accuracy" in card
 
 
-def test_merged_export_reloads_with_plain_transformers(recipe_file, tmp_path):
+def test_merged_export_reloads_with_plain_transformers(finished_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith import pipeline
-    from tunesmith.eval.generate import generate
-    run = pipeline.prepare(recipe_file())
-    pipeline.train(run)
-    pipeline.evaluate(run)
-    pipeline.export(run)
+    from tunesmith.generation import generate
+    from tunesmith.rundir import as_run
+    run = as_run(finished_run.path)
     merged = run.path / "export" / "merged"
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(merged)
-    session = pipeline._Session(run)
-    tuned = pipeline._load_tuned(session)   # adapter on a fresh base, from disk
+    session = pipeline.Session(run)
+    tuned = session.load_tuned()   # adapter on a fresh base, from disk
     prompts = [ex.prompt_messages for ex in session.splits["test"]]
     assert generate(model, tok, prompts, 6) == generate(tuned, session.tokenizer, prompts, 6)
 
@@ -104,11 +101,10 @@ def test_second_run_never_overwrites_the_first(recipe_file, tmp_path):
     assert tree_hash(first) == before
 
 
-def test_chat_streams_replies(recipe_file, tmp_path):
+def test_chat_streams_replies(finished_run):
     from tunesmith.chat import chat
-    assert main(["run", str(recipe_file(train={"max_steps": 2}))]) == 0
     out = io.StringIO()
-    chat(tmp_path / "runs" / "tiny-001", max_new_tokens=5, stdin=io.StringIO("hello there\n/exit\n"), stdout=out)
+    chat(finished_run.path, max_new_tokens=5, stdin=io.StringIO("hello there\n/exit\n"), stdout=out)
     text = out.getvalue()
     assert "you> model> " in text and text.count("you> ") == 2
 

@@ -260,8 +260,8 @@ def test_distill_run_end_to_end(recipe_file, deep_model_dir, tmp_path, method, k
     exported = json.loads((run / "export" / "export.json").read_text())
     assert exported["parity"]["identical"] == exported["parity"]["prompts"] > 0
     # the reload path (fresh base -> attach -> method.load -> load_extra) rebuilds the trained student
-    session = pipeline._Session(pipeline.Run(run))
-    tuned = pipeline._load_tuned(session)
+    session = pipeline.Session(pipeline.Run(run))
+    tuned = session.load_tuned()
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.allclose(tuned(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)

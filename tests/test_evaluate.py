@@ -3,8 +3,8 @@ import torch
 
 from tiny import make_model
 from tunesmith.config import MethodConfig, load_recipe
-from tunesmith.eval.evaluate import compare, merged_for_inference
-from tunesmith.eval.generate import generate
+from tunesmith.eval.evaluate import compare
+from tunesmith.generation import generate, merged_for_inference
 from tunesmith.methods import get
 
 

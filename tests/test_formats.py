@@ -275,7 +275,7 @@ def test_strict_loader_one_line_message(tmp_path):
 def test_strict_loader_counts_more_errors_and_empty(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [[1], [2], [3]])
     with pytest.raises(TunesmithError, match=r"d\.jsonl:1: record is a list; expected a JSON object "
-                                             r"\(and 2 more bad records; see `tunesmith validate`\)"):
+                                             r"\(and 2 more bad records; see `tunesmith data validate`\)"):
         load_examples_strict(cfg(), path)
     empty = tmp_path / "e.jsonl"
     empty.write_text("\n")

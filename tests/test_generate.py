@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tiny import make_model, make_tokenizer
-from tunesmith.eval.generate import eos_token_ids, generate, render_prompt, stream_chat
+from tunesmith.generation import eos_token_ids, generate, render_prompt, stream_chat
 
 QUESTIONS = [
     "hi",

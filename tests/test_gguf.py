@@ -220,7 +220,7 @@ def test_real_sentiment_model_f16_and_q8_0_in_llama_cpp(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp", reason="llama_cpp not installed (optional extra gguf-runtime)")
     from transformers import AutoTokenizer
 
-    from tunesmith.eval.generate import render_prompt
+    from tunesmith.generation import render_prompt
     from tunesmith.verify import compare, llama_cpp_replies, transformers_replies, verify
     run = tmp_path / REAL_RUN.name
     shutil.copytree(REAL_RUN, run, ignore=shutil.ignore_patterns("checkpoints"))

@@ -313,16 +313,73 @@ def test_pause_resume_cancel_transitions(client, ctx):
                   ctx.db).claim() is None
 
 
-def test_deleted_training_file_fails_validation(client, ctx):
+def test_lost_training_file_fails_validation(client, ctx):
+    """The API refuses to delete a file an unfinished job uses; bytes lost on the server fail the job clearly."""
+    from pathlib import Path
+
     from tunesmith.jobs.worker import Worker, WorkerConfig
     train = upload(client, chat_rows(3)).json()["id"]
     job_id = _create(client, model="tiny", training_file=train).json()["id"]
-    client.delete(f"/v1/files/{train}")
+    assert_error(client.delete(f"/v1/files/{train}"), 409, param="file_id", code="file_in_use", text=job_id)
+    stored = next(Path(ctx.files_dir).glob(f"{train}.*"))
+    stored.unlink()
     Worker(WorkerConfig(db_url=ctx.settings.db_url, runs_dir=ctx.files_dir.parent / "runs"), ctx.db).validate_pending()
     job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
     assert job["status"] == "failed" and isinstance(job["finished_at"], int)
     assert job["error"]["code"] == "invalid_training_file" and job["error"]["param"] == "training_file"
     assert train in job["error"]["message"]
+    assert client.delete(f"/v1/files/{train}").json()["deleted"] is True     # the job is finished now
+
+
+def test_files_of_unfinished_jobs_cannot_be_deleted(client, ctx):
+    from sqlalchemy import update
+
+    from tunesmith.jobs.db import FileRow, transition
+    train = upload(client, chat_rows(3)).json()["id"]
+    valid = upload(client, chat_rows(2, offset=50)).json()["id"]
+    other = upload(client, chat_rows(2, offset=90)).json()["id"]
+    job_id = _create(client, model="tiny", training_file=train, validation_file=valid).json()["id"]
+    for status in ("validating_files", "queued", "running", "paused"):
+        with ctx.db.session() as s:
+            assert transition(s, job_id, None, status=status)
+        for file_id in (train, valid):
+            err = assert_error(client.delete(f"/v1/files/{file_id}"), 409, param="file_id", code="file_in_use")
+            assert job_id in err["message"] and "Cancel the job" in err["message"]
+            assert client.get(f"/v1/files/{file_id}").status_code == 200          # still there, bytes too
+            assert client.get(f"/v1/files/{file_id}/content").status_code == 200
+    assert client.delete(f"/v1/files/{other}").json() == {"id": other, "object": "file", "deleted": True}
+    # an expired file is kept while the job needs it
+    with ctx.db.session() as s:
+        s.execute(update(FileRow).where(FileRow.id == train).values(expires_at=1))
+    assert client.get(f"/v1/files/{train}").status_code == 200
+    assert train in [f["id"] for f in client.get("/v1/files").json()["data"]]
+    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert client.delete(f"/v1/files/{valid}").json()["deleted"] is True
+    assert_error(client.get(f"/v1/files/{train}"), 404)                      # expired, and no longer in use
+
+
+def test_nested_json_and_body_limits(client, ctx):
+    deep = "[" * 100_000 + "]" * 100_000
+    assert_error(upload(client, ('{"messages": ' + deep + "}\n").encode()), 413, code="file_too_large")
+    # within the upload limit (20 kB here): a clear 400 naming the problem
+    r = upload(client, ('{"messages": ' + "[" * 5000 + "]" * 5000 + "}\n").encode())
+    assert_error(r, 400, param="file", code="invalid_file_format", text="nested")
+    r = client.post("/v1/fine_tuning/jobs", content=deep[:15000] + deep[-15000:],
+                    headers={"content-type": "application/json"})
+    assert_error(r, 400, text="nested too deeply")
+    train = upload(client, chat_rows(3)).json()["id"]
+    nested = {"type": "wandb", "wandb": {"x": [[[[[[[[[[1]]]]]]]]]]}}
+    assert_error(_create(client, model="tiny", training_file=train, integrations=[nested]), 400, param="integrations")
+    # a chunked upload (no Content-Length) over the limit is stopped while it is read
+    def chunks():
+        yield (b'--zzz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--zzz\r\n'
+               b'Content-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n')
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b"\r\n--zzz--\r\n"
+    r = client.post("/v1/files", content=chunks(),
+                    headers={"content-type": "multipart/form-data; boundary=zzz"})
+    assert_error(r, 413, param="file", code="file_too_large")
 
 
 def test_sqlite_database_settings(tmp_path):

@@ -249,7 +249,7 @@ def test_stale_jobs_are_recovered(client, ctx, tmp_path):
 def _spawn_worker(db_url: str, runs: Path, log: Path) -> subprocess.Popen:
     """`tunesmith worker` in its own process."""
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen([sys.executable, "-m", "tunesmith.jobs.cli", "--db", db_url, "--runs", str(runs),
+    return subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "worker", "--db", db_url, "--runs", str(runs),
                              "--poll", "0.05", "--heartbeat", "0.2"],
                             env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
@@ -323,7 +323,7 @@ def test_standalone_app_with_worker_thread(db_url, tmp_path, tiny_model_dir):
 def test_cli_worker_once(client, ctx, tmp_path):
     from typer.testing import CliRunner
 
-    from tunesmith.jobs.cli import app
+    from tunesmith.cli.serve import worker_app as app
     created = create_job(client, hyperparameters={"n_epochs": 1})
     result = CliRunner().invoke(app, ["--db", ctx.settings.db_url, "--runs", str(tmp_path / "runs"), "--once"])
     assert result.exit_code == 0, result.output

@@ -160,8 +160,9 @@ def test_declares_mergeable_and_adapter(trained):
 
 
 def test_apply_alone_leaves_outputs_unchanged(trained):
-    if trained.row.starts_unchanged:
-        assert torch.equal(trained.at_init, logits(trained.reference, trained.ids))
+    if not trained.row.starts_unchanged:
+        pytest.skip(f"{trained.name} changes the outputs from the start (virtual tokens), by design")
+    assert torch.equal(trained.at_init, logits(trained.reference, trained.ids))
 
 
 def test_loss_decreases_on_a_learnable_task(trained):

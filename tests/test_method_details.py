@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from tiny import make_model
 from tunesmith.config import MethodConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.generate import generate
+from tunesmith.generation import generate
 from tunesmith.methods import get
 from tunesmith.methods.base import block_linears
 from tunesmith.methods.ia3 import ia3_targets
@@ -165,3 +165,34 @@ def test_prompt_learning_generates_the_same_batched_or_alone(name, tokenizer):
     alone = [generate(model, tokenizer, [p], 6)[0] for p in prompts]
     assert batched == alone
     assert batched != generate(make_model(tokenizer), tokenizer, prompts, 6, batch_size=2)
+
+
+def greedy_without_cache(model, input_ids, steps: int) -> list[int]:
+    """Reference decoding: a full forward over the whole sequence (virtual tokens added by peft) per token."""
+    ids = input_ids
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+    return ids[0, input_ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_learning_generate_matches_full_forward_decoding(name, tokenizer, tmp_path):
+    """generate() with the KV cache gives what the trained forward pass predicts, freshly applied
+    and reloaded: the soft prompt / prefix is used once, at the start, not dropped nor repeated
+    (transformers 5.24 renamed generate's cache, which peft 0.21.2 did not follow)."""
+    cfg = MethodConfig(name=name, num_virtual_tokens=4)
+    method = get(name)
+    model = method.apply(make_model(tokenizer), cfg).eval()
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.normal_(0, 1.0)
+    method.save(model, tmp_path)
+    ids = tokenizer("the movie was wonderful", return_tensors="pt")["input_ids"]
+    expected = greedy_without_cache(model, ids, 6)
+    for m in (model, method.load(make_model(tokenizer), tmp_path, cfg).eval()):
+        with torch.no_grad():
+            out = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=6, min_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
+        assert out[0, ids.shape[1]:].tolist() == expected
+    assert expected != greedy_without_cache(make_model(tokenizer), ids, 6)

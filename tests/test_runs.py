@@ -7,20 +7,32 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import tiny_recipe, tree_digest, write_sentiment
 from tunesmith import pipeline
 from tunesmith.errors import TunesmithError
-from tunesmith.runs import compare_runs, list_runs, runs_app
+from tunesmith.cli.runs import runs_app
+from tunesmith.runs import compare_runs, list_runs
 
 FAST = {"max_steps": 6, "eval_every": 3, "save_every": 3}
 
 
-@pytest.fixture
-def runs(recipe_file, tmp_path):
-    a = pipeline.run(recipe_file(train=FAST, export={"merged": False}))
-    b = pipeline.run(recipe_file(train={**FAST, "lr": 3e-3}, eval={"compare_base": False},
-                                 export={"merged": False}))
-    c = pipeline.prepare(recipe_file(train=FAST)).path       # prepared, never trained
-    return tmp_path / "runs", a, b, c
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """Two finished runs and a prepared one, built once for this module: the tests only read them."""
+    root = tmp_path_factory.mktemp("runs-list")
+    data = write_sentiment(root / "sentiment.jsonl")
+
+    def recipe(**sections):
+        return tiny_recipe(root, tiny_model_dir, data, **sections)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNESMITH_HOME", str(root / "tunesmith-home"))
+        a = pipeline.run(recipe(train=FAST, export={"merged": False}))
+        b = pipeline.run(recipe(train={**FAST, "lr": 3e-3}, eval={"compare_base": False},
+                                export={"merged": False}))
+        c = pipeline.prepare(recipe(train=FAST)).path       # prepared, never trained
+    before = tree_digest(root / "runs")
+    yield root / "runs", a, b, c
+    assert tree_digest(root / "runs") == before, "a test changed the shared runs"
 
 
 def test_list_runs(runs):

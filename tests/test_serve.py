@@ -98,7 +98,7 @@ def test_chat_greedy_matches_tunesmith_generate(client, runs):
 def test_merged_non_lora_run_matches_its_merged_model(client, runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.eval.generate import generate
+    from tunesmith.generation import generate
     merged = runs["bitfit"] / "export" / "merged"
     expected = generate(AutoModelForCausalLM.from_pretrained(merged), AutoTokenizer.from_pretrained(merged),
                         [USER], 10)[0]

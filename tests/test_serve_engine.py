@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.generate import eos_token_ids, generate, pad_token_id
+from tunesmith.generation import eos_token_ids, generate, pad_token_id
 from tunesmith.serve.engine import (Engine, Event, GenerationRequest, SamplingParams, TokenText, _top_p_filter,
                                     decode_batch)
 
@@ -224,7 +224,7 @@ def test_settings_are_strict():
 def test_cli_builds_the_app_and_calls_uvicorn(tiny_model_dir, tmp_path, monkeypatch):
     import uvicorn
 
-    from tunesmith.serve.cli import app
+    from tunesmith.cli.serve import serve_app as app
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda application, **kw: seen.update(app=application, **kw))
     runs = tmp_path / "runs"

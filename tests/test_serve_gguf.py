@@ -19,13 +19,12 @@ USER = [{"role": "user", "content": "The movie was wonderful and the actors were
 
 
 def test_run_gguf_export_is_served_and_matches_transformers(tmp_path, tiny_model_dir):
-    gguf_export = pytest.importorskip("tunesmith.gguf_export",
-                                      reason="the GGUF exporter (tunesmith.gguf_export) is not available")
+    from tunesmith import gguf_export
     from conftest import sentiment_rows
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith import pipeline
-    from tunesmith.eval.generate import generate
+    from tunesmith.generation import generate
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(60)))
     run, _ = pipeline.train(tiny_recipe(tmp_path / "runs", tiny_model_dir, data, "tune", method={"name": "bitfit"},

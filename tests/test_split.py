@@ -109,3 +109,15 @@ def test_leakage_normalised_prompt_only():
                Example(text="some document"), chat("What is 2+2?\nextra")]
     leaked = leakage(train, heldout)
     assert leaked == [heldout[0], heldout[2]]
+
+
+def test_keys_group_examples_with_different_prompts():
+    examples = [chat(f"question {i}", line=i) for i in range(100)]
+    keys = [f"group {i // 4}" for i in range(100)]          # 25 groups of 4 different prompts
+    splits = split_examples(examples, 0.2, 0.2, seed=3, keys=keys)
+    where = {ex.line: name for name, group in splits.items() for ex in group}
+    for g in range(25):
+        assert len({where[i] for i in range(4 * g, 4 * g + 4)}) == 1
+    assert all(splits[name] for name in ("train", "validation", "test"))
+    with pytest.raises(ValueError):
+        split_examples(examples, 0.2, 0.2, seed=3, keys=keys[:-1])

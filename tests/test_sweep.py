@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from tunesmith.config import load_recipe
 from tunesmith.errors import TunesmithError
-from tunesmith.sweep import make_on_eval, sweep, sweep_command
+from tunesmith.cli.sweep import sweep_command
+from tunesmith.sweep import make_on_eval, sweep
 
 SPACE = {"train.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True},
          "method.r": {"type": "int", "low": 2, "high": 8, "step": 2}}
@@ -152,7 +153,7 @@ def run(recipe, overrides=None, **kw):      # the process dies (SIGKILL) in the 
     inner = kw["on_eval"]
     def on_eval(step, metrics):
         inner(step, metrics)
-        if recipe is not None and recipe.name.endswith("-t001") and step >= 10:
+        if recipe is not None and getattr(recipe, "recipe", recipe).name.endswith("-t001") and step >= 10:
             os.kill(os.getpid(), signal.SIGKILL)
     kw["on_eval"] = on_eval
     return real_run(recipe, overrides, **kw)
@@ -202,7 +203,7 @@ def test_ctrl_c_in_a_trial_queues_it_again(recipe_file, tmp_path, monkeypatch):
     real_run = pipeline.run
 
     def interrupted(r, overrides=None, **kw):
-        if r is not None and r.name.endswith("-t001"):
+        if r is not None and getattr(r, "recipe", r).name.endswith("-t001"):      # a prepared Run
             raise KeyboardInterrupt
         return real_run(r, overrides, **kw)
     monkeypatch.setattr(pipeline, "run", interrupted)

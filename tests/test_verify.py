@@ -1,6 +1,7 @@
 """`tunesmith verify`: artifacts of a tiny run compared with adapter-on-base, including broken ones and a live server."""
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import socket
@@ -14,11 +15,15 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from conftest import sentiment_rows
-from tunesmith import pipeline, verify as verify_mod
+from tunesmith import pipeline
+from tunesmith.cli.run import export as export_command
+from tunesmith.cli.verify import app as verify_app
 from tunesmith.errors import TunesmithError
 from tunesmith.gguf_export import export_run_gguf
-from tunesmith.verify import verify, verify_after_export
+from tunesmith.serve.parity import verify_after_export
+from tunesmith.verify import verify
 
+verify_mod = importlib.import_module("tunesmith.verify")   # `tunesmith.verify` is the API function
 HAS_LLAMA_CPP = verify_mod.llama_cpp_available()[0]
 
 
@@ -129,6 +134,9 @@ def test_all_artifacts_identical_and_report_written(tiny_run, tmp_path, fake_ser
     else:
         assert gguf["status"] == "skipped" and "llama_cpp" in gguf["reason"]
     assert result["ok"] is True and result["compared"] == (3 if HAS_LLAMA_CPP else 2)
+    assert result["summary"]["complete"] is HAS_LLAMA_CPP
+    assert result["summary"]["text"] == "all 3 artifacts identical" if HAS_LLAMA_CPP else \
+        result["summary"]["text"].startswith("2 compared artifacts identical, but 1 skipped")
     saved = json.loads((run / "verify.json").read_text())
     assert saved["ok"] is True and len(saved["reference"]["replies"]) == 5
     assert all(r["finish"] in ("stop", "length") for r in saved["reference"]["replies"])
@@ -156,7 +164,7 @@ def test_broken_merged_model_is_reported(tiny_run, tmp_path):
     if HAS_LLAMA_CPP:
         assert result["artifacts"]["tiny-001-f16.gguf"]["identical"] == 3
     # the command exits 1 and prints the table
-    cli = CliRunner().invoke(verify_mod.app, [str(run), "--prompts", "3"])
+    cli = CliRunner().invoke(verify_app, [str(run), "--prompts", "3"])
     assert cli.exit_code == 1, cli.output
     assert json.loads((run / "verify.json").read_text())["ok"] is False
 
@@ -189,6 +197,13 @@ def test_gguf_skipped_with_reason_without_llama_cpp(tiny_run, tmp_path, monkeypa
         "kind": "llama.cpp", "path": str(run / "export" / "tiny-001-f16.gguf"), "status": "skipped",
         "reason": "llama_cpp is not installed (test)"}
     assert result["ok"] is True and result["compared"] == 1
+    # identical as far as it went, but never "all identical": the summary lists the skipped GGUF
+    summary = json.loads((run / "verify.json").read_text())["summary"]
+    assert summary["artifacts"]["merged"]["outcome"] == "identical"
+    assert summary["artifacts"]["tiny-001-f16.gguf"] == {"outcome": "skipped",
+                                                         "reason": "llama_cpp is not installed (test)"}
+    assert summary["complete"] is False and "all" not in summary["text"].split()
+    assert "1 skipped and not checked: tiny-001-f16.gguf" in summary["text"]
 
 
 def test_missing_merged_is_skipped_and_untrained_run_is_an_error(tiny_run, tmp_path):
@@ -221,18 +236,17 @@ def test_q8_0_is_compared_and_reported(tiny_run, tmp_path):
 def test_export_command_writes_gguf_into_the_run(tiny_run, tmp_path):
     import typer
 
-    from tunesmith.gguf_export import export_command
     run = _copy(tiny_run, tmp_path)
     app = typer.Typer()
-    app.command()(export_command)
+    app.command()(export_command)          # `tunesmith export RUN --format gguf`
     res = CliRunner().invoke(app, [str(run), "--format", "gguf", "--quant", "q8_0"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)[0]["path"] == str(run / "export" / "tiny-001-q8_0.gguf")
     assert (run / "export" / "tiny-001-q8_0.gguf").read_bytes()[:4] == b"GGUF"
-    res = CliRunner().invoke(app, [str(run), "--quant", "q4_k"])
+    res = CliRunner().invoke(app, [str(run), "--format", "gguf", "--quant", "q4_k"])
     assert isinstance(res.exception, TunesmithError) and "q4_k" in str(res.exception)
     res = CliRunner().invoke(app, [str(run), "--format", "onnx"])
-    assert isinstance(res.exception, TunesmithError) and "expected gguf" in str(res.exception)
+    assert isinstance(res.exception, TunesmithError) and "expected hf or gguf" in str(res.exception)
 
 
 def test_verify_against_tunesmith_server(tiny_run, tiny_model_dir, tmp_path):

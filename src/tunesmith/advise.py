@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import Recipe, load_recipe
 from .errors import TunesmithError
+from .eval.stats import is_fraction, span_text, value_text
 from .fsutil import atomic_write_json, new_run_dir
 
 # bytes per parameter while training in fp32 with AdamW: weights + grads + two moments
@@ -26,16 +27,16 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _time_training(recipe: Recipe, model, tokenizer, seqs: list, steps: int = 2) -> dict:
-    """Forward+backward of the recipe's method on real training batches: tokens/s and peak memory."""
+def time_training(recipe: Recipe, model, tokenizer, objective, seqs: list, steps: int = 2) -> dict:
+    """Forward+backward of the recipe's method on real training batches (``seqs``, built by ``objective``):
+    tokens/s, peak memory and the trainable parameters, on the model exactly as training prepares it."""
     import torch
 
-    from . import methods, objectives
-    from .objectives.base import hook
-    objective = objectives.from_recipe(recipe)
-    if hook(objective, "attach"):
-        model = objective.attach(model, tokenizer, recipe)
-    model = methods.get(recipe.method.name).apply(model, recipe.method)
+    from . import methods
+    from .tuned import calibration, prepare_for_training
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model = prepare_for_training(model, methods.get(recipe.method.name), objective, recipe, tokenizer,
+                                 calibration=calibration(objective, seqs[: recipe.train.batch_size], pad))
     model.train()
     batch_size = recipe.train.batch_size
     params = [p for p in model.parameters() if p.requires_grad]
@@ -85,30 +86,73 @@ def choose_method(n_train: int, params: int, memory: int, probe: dict | None) ->
         "200-5,000 examples: LoRA r=16 on all projections is the best trade of quality, speed and size here"]}
 
 
+_NAMES = {"base": "base zero-shot", "few_shot": "base few-shot", "rag": "base + RAG"}
+
+
+def _top(key: str) -> float:
+    return 1.0 if is_fraction(key) else 100.0
+
+
+def _score_text(key: str, value: float, ci=None) -> str:
+    return value_text(key, value) + (f" (95% CI {span_text(key, ci)})" if ci else "")
+
+
 def verdict(scores: dict[str, float], key: str) -> dict:
-    """Whether fine-tuning is worth trying, from the baseline scores on the sample."""
-    fraction = key in ("accuracy", "exact_match") or key.startswith("macro_")
-    top = 1.0 if fraction else 100.0
+    """Whether the baselines leave room for fine-tuning, from their scores on the sample."""
+    top = _top(key)
     best = max(scores, key=scores.get)
     b = scores[best]
     base = scores.get("base", b)
+    name = _NAMES.get(best, best)
     if b >= 0.95 * top:
         return {"fine_tune": False, "best_baseline": best,
-                "text": f"{best} already scores {b:.3g}: fine-tuning has little room to help; deploy {best}."}
+                "text": f"{name} already scores {_score_text(key, b)}: fine-tuning has little room to help"}
     if best == "rag" and b - max(base, scores.get("few_shot", base)) > 0.15 * top:
         return {"fine_tune": True, "best_baseline": best,
-                "text": "retrieval helps a lot (the task needs knowledge from your data): start with RAG, and "
-                        "fine-tune for format/behaviour (optionally serve fine-tuned + RAG)."}
+                "text": "retrieval helps a lot (the task needs knowledge from your data): fine-tune for "
+                        "format/behaviour and consider serving fine-tuned + RAG"}
     return {"fine_tune": True, "best_baseline": best,
-            "text": f"the best cheap alternative ({best}) reaches {b:.3g} of {top:g}: fine-tuning is worth "
-                    "trying; the run's report will compare it against these baselines."}
+            "text": f"the best cheap alternative ({name}) reaches {_score_text(key, b)}: there is room for "
+                    "fine-tuning to help; the run's report will compare it against these baselines"}
+
+
+def recommendation(scores: dict[str, float], key: str, method: dict, *, sample: int | None = None,
+                   intervals: dict[str, list] | None = None, majority: dict | None = None) -> dict:
+    """The one answer advise gives, with its reasons: fine-tune with a method, or deploy a cheap
+    alternative. ``method`` is :func:`choose_method`'s answer (too little data means no method);
+    ``majority``: ``{"answer", "score"}`` of always answering the most common training label."""
+    quality = verdict(scores, key)
+    best = quality["best_baseline"]
+    intervals = intervals or {}
+    reasons = [f"{key} on {sample or '?'} held-out examples: " + ", ".join(
+        f"{_NAMES.get(k, k)} {_score_text(key, v, intervals.get(k))}" for k, v in scores.items())]
+    if majority is not None:
+        reasons.append(f"always answering {majority['answer']!r} (the most common training label) scores "
+                       f"{_score_text(key, majority['score'])}")
+    if method.get("method") is None:
+        fine_tune = False
+        text = (f"do not fine-tune yet: deploy {_NAMES.get(best, best)} and collect more examples "
+                "(at least 200) before fine-tuning")
+        reasons += method["why"]
+    elif not quality["fine_tune"]:
+        fine_tune = False
+        text = f"do not fine-tune: deploy {_NAMES.get(best, best)}"
+        reasons.append(quality["text"])
+    else:
+        fine_tune = True
+        text = (f"fine-tune with {method['family']} (method.name: {method['method']}"
+                + (f", method.r: {method['r']}" if method.get("r") else "") + ")")
+        reasons += [quality["text"], *method["why"]]
+    return {"fine_tune": fine_tune, "deploy": None if fine_tune else best, "best_baseline": best,
+            "method": method.get("method") if fine_tune else None,
+            "family": method["family"] if fine_tune else "none (prompting)", "text": text, "reasons": reasons}
 
 
 def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, *, sample: int = 64) -> dict:
     from . import models
     from .data.prepare import build_splits
     from .eval.baselines import PromptBuilder, context_limit
-    from .eval.decide import headline
+    from .eval.decide import MAJORITY, headline, systems_table
     from .eval.evaluate import score_prompts
     from .train.progress import console
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
@@ -116,7 +160,7 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
         raise TunesmithError(f"advise compares systems on a generation metric; task {recipe.task} has none",
                              field="task")
     splits, manifest = build_splits(recipe)
-    labels = manifest.get("labels")
+    labels = manifest.get("labels") or manifest.get("inferred_labels")
     tests = [ex for ex in splits["test"] if ex.messages and ex.reference is not None][:sample]
     if not tests:
         raise TunesmithError("no held-out examples with answers to measure baselines on", field="data.split.test")
@@ -130,10 +174,19 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
                for k, p in systems.items()}
     key = headline(recipe, results["base"])
     scores = {k: float(v["metrics"].get(key, 0.0)) for k, v in results.items()}
-    seqs = objective_seqs(recipe, splits, tokenizer)
-    # preference and distillation objectives need a reference/teacher pass first: no quick probe
-    probe = _time_training(recipe, model, tokenizer, seqs) if seqs and recipe.objective.name in (
-        "sft", "classification") else None
+    table = systems_table(results, recipe, labels, None,
+                          train_references=[ex.reference for ex in splits["train"] if ex.reference is not None])
+    rows = {row["system"]: row for row in table["rows"]}
+    intervals = {k: (rows[k].get("intervals") or {}).get(key) for k in results if k in rows}
+    floor = rows.get(MAJORITY)
+    majority = {"answer": floor["answer"], "score": floor["metrics"].get(key),
+                "interval": (floor.get("intervals") or {}).get(key)} \
+        if floor and floor["metrics"].get(key) is not None else None
+    objective, seqs = objective_seqs(recipe, splits, tokenizer)
+    # objectives judged on their own metrics (preference, distillation) need a reference/teacher pass
+    # first: no quick probe
+    probe = time_training(recipe, model, tokenizer, objective, seqs) \
+        if seqs and objective.compares_baselines else None
     memory = machine_memory_bytes()
     n_train = len(splits["train"])
     train_tokens = sum(len(s.input_ids) for s in seqs) * recipe.train.epochs
@@ -141,13 +194,19 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
     out = {
         "recipe": recipe.name, "model": recipe.model.name, "parameters": params, "metric": key,
         "sample": len(tests), "counts": manifest["counts"],
-        "baselines": {k: {"score": scores[k], "metrics": v["metrics"],
+        "baselines": {k: {"score": scores[k], "interval": intervals.get(k), "metrics": v["metrics"],
                           "prompt_tokens": v["generation"]["prompt_tokens"],
                           "latency_s": v["generation"]["per_example_s"]} for k, v in results.items()},
+        "majority": majority,
         "machine": {"memory_bytes": memory, "cpus": os.cpu_count()},
         "training_probe": probe, "estimated_training_s": estimate,
-        "verdict": verdict(scores, key), "method": choose_method(n_train, params, memory, probe),
     }
+    rec = recommendation(scores, key, choose_method(n_train, params, memory, probe), sample=len(tests),
+                         intervals=intervals, majority=majority)
+    # the fine-tune/method fields are views of the one recommendation, so they cannot disagree
+    out["recommendation"] = rec
+    out["verdict"] = {"fine_tune": rec["fine_tune"], "best_baseline": rec["best_baseline"], "text": rec["text"]}
+    out["method"] = {"family": rec["family"], "method": rec["method"], "why": rec["reasons"]}
     folder = new_run_dir(recipe.output_dir, f"{recipe.name}-advise")
     atomic_write_json(folder / "advise.json", out)
     out["path"] = str(folder / "advise.json")
@@ -155,28 +214,38 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
     return out
 
 
-def objective_seqs(recipe: Recipe, splits: dict, tokenizer) -> list:
+def objective_seqs(recipe: Recipe, splits: dict, tokenizer):
+    """The recipe's objective and the training items it builds from ``splits`` (a label head learns its
+    labels here)."""
     from . import objectives
-    seqs, _ = objectives.from_recipe(recipe).build({"train": splits["train"]}, tokenizer, recipe)
-    return seqs["train"]
+    objective = objectives.from_recipe(recipe)
+    seqs, _ = objective.build({"train": splits["train"]}, tokenizer, recipe)
+    return objective, seqs["train"]
 
 
 def print_advice(out: dict, console) -> None:
     from rich.table import Table
     key = out["metric"]
     t = Table(title=f"Cheap baselines on {out['sample']} held-out examples ({out['model']})")
-    for col in ("system", key, "prompt tokens / request", "latency / request"):
+    for col in ("system", key, "95% CI", "prompt tokens / request", "latency / request"):
         t.add_column(col, justify="right" if col != "system" else "left")
-    names = {"base": "base zero-shot", "few_shot": "base few-shot", "rag": "base + RAG"}
     for k, b in out["baselines"].items():
-        t.add_row(names[k], f"{b['score']:.3f}", f"{b['prompt_tokens']:.0f}", f"{1000 * b['latency_s']:.0f} ms")
+        ci = b.get("interval")
+        t.add_row(_NAMES.get(k, k), f"{b['score']:.3f}", f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—",
+                  f"{b['prompt_tokens']:.0f}", f"{1000 * b['latency_s']:.0f} ms")
+    if out.get("majority"):
+        ci = out["majority"].get("interval")
+        t.add_row(f"majority class (always {out['majority']['answer']!r})", f"{out['majority']['score']:.3f}",
+                  f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—", "—", "—")
     console.print(t)
-    probe, m = out.get("training_probe") or {}, out["method"]
+    probe = out.get("training_probe") or {}
     if out.get("estimated_training_s"):
         console.print(f"training: {probe['tokens_per_s']:.0f} tokens/s measured with {out['counts']['train']:,} "
                       f"examples -> about {out['estimated_training_s'] / 60:.1f} min for the recipe's epochs; "
                       f"peak memory {probe['peak_rss_bytes'] / 2**30:.1f} GiB")
-    console.print(f"[bold]fine-tune?[/bold] {'yes' if out['verdict']['fine_tune'] else 'no'}: {out['verdict']['text']}")
-    console.print(f"[bold]method:[/bold] {m['family']}" + (f" (method.name: {m['method']})" if m.get("method") else ""))
-    for line in m["why"]:
+    rec = out["recommendation"]
+    console.print(f"[bold]recommendation:[/bold] {rec['text']}")
+    console.print(f"  fine-tune? {'yes' if rec['fine_tune'] else 'no'} · method: "
+                  + (f"{rec['family']} (method.name: {rec['method']})" if rec["method"] else rec["family"]))
+    for line in rec["reasons"]:
         console.print(f"  - {line}")

@@ -8,27 +8,23 @@ from .errors import TunesmithError
 
 
 def load_for_chat(run_dir: Path):
-    """The run's merged model if exported, else base + its trained adapter/weights."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from . import methods, models
-    from .pipeline import Run
+    """The run's merged model if exported, else base + its trained adapter/weights (as evaluated)."""
+    from .rundir import Run
+    from .tuned import load_tuned
+    from . import objectives
     run = Run(run_dir)
-    merged = run.path / "export" / "merged"
-    if (merged / "config.json").is_file():
-        tok = AutoTokenizer.from_pretrained(merged)
-        return AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), tok, run
-    if not (run.path / "model").is_dir():
+    if not objectives.OBJECTIVES[run.recipe.objective.name].generates_text:
+        raise TunesmithError(f"objective {run.recipe.objective.name} predicts with its own head; there is no "
+                             "text reply to chat with", file=str(run_dir))
+    if not run.has_merged() and not run.model_dir.is_dir():
         raise TunesmithError("run has no trained model to chat with; train it first", file=str(run_dir))
-    base, tok = models.load(run.recipe.model.name)
-    method = methods.get(run.recipe.method.name)
-    return method.load(base, run.path / "model", run.recipe.method), tok, run
+    model, tok = load_tuned(run, prefer_merged=True)
+    return model, tok, run
 
 
 def chat(run_dir: Path, max_new_tokens: int = 256, temperature: float = 0.0, system: str | None = None,
          stdin=None, stdout=None) -> None:
-    from .eval.generate import stream_chat
+    from .generation import stream_chat
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model, tok, run = load_for_chat(Path(run_dir))
     system = system or run.recipe.data.system_prompt

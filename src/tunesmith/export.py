@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import Recipe, dump_recipe
 from .fsutil import atomic_write_json, atomic_write_text, publish_dir
 from .models import CATALOGUE
+from .rundir import Layout
 
 PEFT_METHODS = {"lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning"}
 
@@ -71,9 +72,9 @@ def export(method, model, tokenizer, recipe: Recipe, run_dir: Path, manifest: di
     those of the merged directory reloaded from disk by plain transformers. Consumes ``model``
     (merging folds the adapter in place).
     """
-    from .eval.generate import generate
+    from .generation import generate
 
-    out = run_dir / "export"
+    out = Layout(run_dir).export_dir
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"adapter": None, "merged": None, "parity": None}
     max_new = recipe.eval.max_new_tokens
@@ -102,7 +103,7 @@ def check_parity(merged_dir: Path, prompts: list[list[dict]], expected: list[str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .eval.generate import generate
+    from .generation import generate
 
     tok = AutoTokenizer.from_pretrained(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import typer
 
 from .errors import TunesmithError
+from .rundir import Layout
 
 QType = Literal["f16", "q8_0"]
 QTYPES: tuple[str, ...] = ("f16", "q8_0")
@@ -300,19 +300,14 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, qtype: QType = "f16
     return {"path": str(out_path), "qtype": qtype, "bytes": out_path.stat().st_size, "n_tensors": n_tensors}
 
 
-def gguf_filename(run_name: str, qtype: str) -> str:
-    """The file name of a run's GGUF export, e.g. ``sentiment-001-q8_0.gguf``."""
-    return f"{run_name}-{qtype}.gguf"
-
-
 def export_run_gguf(run_dir: str | Path, qtypes: list[str] | tuple[str, ...]) -> list[dict]:
     """Write ``export/<run>-<qtype>.gguf`` for each type from the run's ``export/merged`` folder."""
-    run_dir = Path(run_dir)
-    merged = run_dir / "export" / "merged"
-    if not (merged / "config.json").is_file():
+    run = Layout(run_dir)
+    merged = run.merged_dir
+    if not run.has_merged():
         raise TunesmithError("run has no merged model to convert; export it first (`tunesmith export`) with "
-                             "export.merged: true and a mergeable method", file=str(run_dir))
-    return [export_gguf(merged, run_dir / "export" / gguf_filename(run_dir.name, q), q, name=run_dir.name)
+                             "export.merged: true and a mergeable method", file=str(run.path))
+    return [export_gguf(merged, run.gguf_path(q), q, name=run.path.name)
             for q in dict.fromkeys(qtypes)]
 
 
@@ -325,12 +320,3 @@ def parse_quant(quant: str) -> list[str]:
                              f"list of {', '.join(QTYPES)}", field="--quant")
     return qtypes
 
-
-def export_command(run_dir: str = typer.Argument(..., help="Run directory with an exported merged model."),
-                   format: str = typer.Option("gguf", "--format", help="Export format (gguf)."),
-                   quant: str = typer.Option("f16,q8_0", "--quant", help="GGUF types, comma-separated: f16, q8_0.")):
-    """Write llama.cpp GGUF files of a run's merged model into its export/ folder."""
-    if format != "gguf":
-        raise TunesmithError(f"unknown export format '{format}'; expected gguf", field="--format")
-    from rich.console import Console
-    Console().print_json(data=export_run_gguf(run_dir, parse_quant(quant)))

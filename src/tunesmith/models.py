@@ -140,6 +140,22 @@ def resolve(name: str) -> Path | str:
                          "a local model folder, a .gguf file or a hub id like org/name", field="model.name")
 
 
+def context_length(ref: Path | str) -> int | None:
+    """The model's context window in tokens, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(ref)
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if n else None
+
+
+def check_max_length(name: str, max_length: int) -> None:
+    """Reject a ``data.max_length`` longer than the model's context window."""
+    n = context_length(resolve(name))
+    if n and max_length > n:
+        raise TunesmithError(f"data.max_length {max_length} exceeds the context window of {name} ({n} tokens); "
+                             f"expected at most {n}", field="data.max_length")
+
+
 def quiet_transformers() -> None:
     """Silence transformers' per-load progress bars and deprecation chatter in our output."""
     import warnings

@@ -9,24 +9,15 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List, Optional
 
-import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from .config import Recipe, SearchDim, load_recipe
+from .config import Recipe, SearchDim, find_setting, load_recipe, merge_settings
 from .errors import TunesmithError
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .runs import (
-    CSS,
-    flatten,
-    fmt,
-    html_table,
-    img_tag,
-    png_bytes,
-    read_json,
-    read_jsonl,
-)
+from .rundir import Layout, Run, is_run_dir
+from .render import esc, figure, fmt, html_page, html_table, img_tag, png_bytes
+from .runs import flatten
 
 # Trials are judged on validation loss: the base model, baselines, forgetting checks and the full-size
 # merged export are the same for every trial (or not needed), so trials skip them ...
@@ -45,32 +36,6 @@ def default_direction(metric: str) -> str:
 
 # ------------------------------------------------------------------------------------ search space
 
-def _leaf_field(key: str):
-    """(field, None) for a dotted key naming one recipe setting, else (None, why not)."""
-    model: type[BaseModel] = Recipe
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None:
-            where = ".".join(parts[:i]) or "the recipe"
-            return None, f"unknown key '{part}' in {where}; expected one of: {', '.join(sorted(model.model_fields))}"
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            if i == len(parts) - 1:
-                return None, f"'{key}' is a section; expected a single setting inside it"
-            model = ann
-        elif i < len(parts) - 1:
-            return None, f"'{'.'.join(parts[:i + 1])}' is a setting, not a section"
-    return field, None
-
-
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    *path, last = dotted.split(".")
-    for k in path:
-        tree = tree.setdefault(k, {})
-    tree[last] = value
-
-
 def check_space(recipe: Recipe, label: str = "<recipe>") -> dict[str, SearchDim]:
     """Every search dimension names a recipe setting and each range end/choice is a valid value."""
     space = recipe.sweep.space
@@ -86,7 +51,7 @@ def check_space(recipe: Recipe, label: str = "<recipe>") -> dict[str, SearchDim]
         if key.split(".")[0] in _RESERVED:
             raise bad(f"'{key}' cannot be swept; expected a key in model, data, method, objective, train, eval, "
                       "export or forgetting")
-        _, why = _leaf_field(key)
+        _, why = find_setting(key, recipe)
         if why:
             raise bad(why)
         if dim.type == "categorical":
@@ -109,8 +74,7 @@ def check_space(recipe: Recipe, label: str = "<recipe>") -> dict[str, SearchDim]
             else:
                 samples = [float(dim.low), float(dim.high)]
         for value in samples:
-            trial_raw = json.loads(json.dumps(raw))
-            _set(trial_raw, key, value)
+            trial_raw = merge_settings(json.loads(json.dumps(raw)), {key: value})
             try:
                 Recipe.model_validate(trial_raw)
             except ValidationError as e:          # say which value, not the whole recipe dump
@@ -169,14 +133,15 @@ def make_on_eval(trial, sign: float = 1.0):
 
 
 def _objective_value(run_dir: Path, metric: str, evaluate: bool) -> float:
-    train = read_json(run_dir / "train.json") or {}
+    run = Layout(run_dir)
+    train = run.load_json("train.json") or {}
     best = train.get("best_val_loss")
     if metric in _LOSS_METRICS:
         if best is None:
             raise TunesmithError("the trial has no validation loss; expected a validation split "
                                  "(data.split.validation > 0 or data.validation)", field="sweep.metric")
         return float(best) if metric == "val_loss" else math.exp(min(float(best), 700.0))
-    tuned = (read_json(run_dir / "eval" / "summary.json") or {}).get("tuned") or {}
+    tuned = (run.load_json("eval/summary.json") or {}).get("tuned") or {}
     values = {**(tuned.get("loss") or {}), **(tuned.get("metrics") or {})}
     if metric not in values:
         raise TunesmithError(f"'{metric}' is not among the tuned model's metrics; expected one of: "
@@ -204,17 +169,7 @@ def _recover(study, log) -> None:
 
 def _checkpoint_step(run_dir: Path) -> int | None:
     from .train import checkpoint
-    last = checkpoint.latest(run_dir / "checkpoints") if (run_dir / "recipe.yaml").is_file() else None
-    if last is None:
-        return None
-    return int((read_json(last / "state.json") or {}).get("step", 0)) or None
-
-
-def _next_run_dir(root: Path, name: str) -> Path:
-    i = 1
-    while (root / f"{name}-{i:03d}").exists():
-        i += 1
-    return root / f"{name}-{i:03d}"
+    return checkpoint.latest_step(Layout(run_dir).checkpoints) if is_run_dir(run_dir) else None
 
 
 class _Objective:
@@ -226,8 +181,7 @@ class _Objective:
     def trial_recipe(self, number: int, params: dict) -> Recipe:
         raw = self.recipe.model_dump(mode="json")
         fixed = {**({} if self.cfg.evaluate else TRIAL_SKIP), **TRIAL_ALWAYS, **params}
-        for k, v in fixed.items():
-            _set(raw, k, v)
+        raw = merge_settings(raw, fixed)
         raw["name"] = f"{self.recipe.name}-t{number:03d}"
         raw["output_dir"] = str(self.sweep_dir / "trials")
         raw["tracking"]["experiment"] = self.recipe.tracking.experiment or self.recipe.name
@@ -257,7 +211,7 @@ class _Objective:
             if step:
                 run_dir = Path(resume)
                 trial.set_user_attr("run_dir", str(run_dir))
-                for rec in read_jsonl(run_dir / "metrics.jsonl"):   # what the pruner saw before the kill
+                for rec in Layout(run_dir).metrics():   # what the pruner saw before the kill
                     if rec.get("type") == "eval" and rec.get("step", 0) <= step and "val_loss" in rec:
                         trial.report(self.sign * float(rec["val_loss"]), rec["step"])
                         on_eval.last_step = rec["step"]
@@ -267,18 +221,17 @@ class _Objective:
                 pipeline.run(None, resume_dir=run_dir, on_eval=on_eval, evaluate_tuned=self.cfg.evaluate)
             else:
                 r = self.trial_recipe(trial.number, params)
-                run_dir = _next_run_dir(Path(r.output_dir), r.name)     # what prepare() will create
-                trial.set_user_attr("run_dir", str(run_dir))
+                prepared = pipeline.prepare(r)
+                trial.set_user_attr("run_dir", str(prepared.path))
                 self.log(f"trial {trial.number}: {_fmt_params(params)}")
-                run_dir = pipeline.run(r, on_eval=on_eval, evaluate_tuned=self.cfg.evaluate)
-                trial.set_user_attr("run_dir", str(run_dir))
+                run_dir = pipeline.run(prepared, on_eval=on_eval, evaluate_tuned=self.cfg.evaluate)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
         except optuna.TrialPruned:
             run_dir = Path(trial.user_attrs["run_dir"])
-            if (run_dir / "run.json").is_file():      # `runs list` shows it as pruned, not interrupted
-                pipeline.Run(run_dir).mark("pruned", trial=trial.number, step=on_eval.last_step)
+            if is_run_dir(run_dir):      # `runs list` shows it as pruned, not interrupted
+                Run(run_dir).mark("pruned", trial=trial.number, step=on_eval.last_step)
                 self.track(run_dir)
             raise
         self.track(Path(run_dir))
@@ -456,21 +409,13 @@ def _importances(study) -> dict | None:
         return None
 
 
-def _figure(w=7.0, h=3.6):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(w, h), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def history_png(study, metric: str):
     """Objective value per trial with the best-so-far line; pruned trials at their last validation loss."""
     from optuna.trial import TrialState
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not done:
         return None, "no complete trial yet: no optimisation history"
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     xs, ys = [t.number for t in done], [t.value for t in done]
     ax.scatter(xs, ys, color="#0969da", zorder=3, label=f"{metric} (complete)")
@@ -488,7 +433,6 @@ def history_png(study, metric: str):
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return png_bytes(fig), None
 
 
@@ -496,12 +440,11 @@ def importance_png(study, metric: str):
     imp = _importances(study)
     if not imp:
         return None, "parameter importance needs at least two complete trials with different parameters"
-    fig = _figure(7, max(1.8, 0.6 + 0.45 * len(imp)))
+    fig = figure(7, max(1.8, 0.6 + 0.45 * len(imp)))
     ax = fig.add_subplot()
     names = list(imp)[::-1]
     ax.barh(names, [imp[n] for n in names], color="#0969da")
     ax.set_xlabel(f"importance for {metric}")
-    fig.tight_layout()
     return png_bytes(fig), None
 
 
@@ -512,7 +455,7 @@ def intermediate_png(study, metric: str):
     if not trials:
         return None, None
     sign = -1 if study.direction.name == "MAXIMIZE" else 1
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for t in trials:
         steps = sorted(t.intermediate_values)
@@ -525,25 +468,22 @@ def intermediate_png(study, metric: str):
     ax.grid(alpha=0.3)
     if len(trials) <= 12:
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
     return png_bytes(fig), None
 
 
 def sweep_html(summary: dict) -> str:
-    import html as H
     best = summary["best"]
-    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {H.escape(summary['name'])}</title>"
-              f"<style>{CSS}</style></head><body><h1>Sweep: {H.escape(summary['name'])}</h1>"),
-             (f"<p class='meta'>{summary['direction']} {H.escape(summary['metric'])} over "
-             f"{', '.join(H.escape(k) for k in summary['space'])}; trials: "
-             f"{', '.join(f'{v} {k.lower()}' for k, v in summary['counts'].items())} "
-             f"(requested {summary['trials_requested']}). Study: {H.escape(summary['study'])}</p>")]
+    parts = [f"<h1>Sweep: {esc(summary['name'])}</h1>",
+             (f"<p class='meta'>{summary['direction']} {esc(summary['metric'])} over "
+              f"{', '.join(esc(k) for k in summary['space'])}; trials: "
+              f"{', '.join(f'{v} {k.lower()}' for k, v in summary['counts'].items())} "
+              f"(requested {summary['trials_requested']}). Study: {esc(summary['study'])}</p>")]
     if best:
         parts += ["<h2>Best trial</h2>",
                   html_table(["", "value"], [["trial", best["number"]], [summary["metric"], best["value"]],
                                              *[[k, v] for k, v in best["params"].items()],
                                              ["run directory", best["run_dir"]]]),
-                  f"<p>Reproduce with the full pipeline:<br><code>{H.escape(best['command'])}</code></p>"]
+                  f"<p>Reproduce with the full pipeline:<br><code>{esc(best['command'])}</code></p>"]
     header = ["trial", "state", summary["metric"], *summary["space"], "duration (s)", "run directory"]
     rows = [[str(t["number"]), t["state"].lower() + (f" at step {t['last_step']}" if t["state"] == "PRUNED" else ""),
              t["value"], *[t["params"].get(k) for k in summary["space"]],
@@ -554,9 +494,8 @@ def sweep_html(summary: dict) -> str:
     for name, path in summary["plots"].items():
         parts += [f"<h2>{titles[name]}</h2>", img_tag(Path(path).read_bytes(), titles[name])]
     for note in summary["notes"]:
-        parts.append(f"<p class='meta'>{H.escape(note)}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        parts.append(f"<p class='meta'>{esc(note)}</p>")
+    return html_page(f"sweep {summary['name']}", parts)
 
 
 def print_summary(summary: dict, console=None) -> None:
@@ -584,17 +523,5 @@ def print_summary(summary: dict, console=None) -> None:
     c.print(f"report: {Path(summary['study']).parent / 'sweep.html'}")
 
 
-def sweep_command(recipe: str = typer.Argument(..., help="Recipe YAML with a `sweep` section."),
-                  overrides: Optional[List[str]] = typer.Argument(
-                      None, help="Recipe overrides as dotted key=value, e.g. train.max_steps=100"),
-                  trials: Optional[int] = typer.Option(None, "--trials", help="Trials to finish (default: "
-                                                                                "sweep.trials)."),
-                  override: Optional[List[str]] = typer.Option(None, "-o", "--override",
-                                                               help="Recipe override key=value (repeatable).")):
-    """Hyperparameter sweep (Optuna): every trial is a run; continues an interrupted sweep."""
-    summary = sweep(recipe, [*(overrides or []), *(override or [])], trials=trials)
-    print_summary(summary)
-
-
 __all__ = ["TRIAL_ALWAYS", "TRIAL_SKIP", "check_space", "default_direction", "make_on_eval", "print_summary",
-           "reproduce_command", "summarize", "sweep", "sweep_command"]
+           "reproduce_command", "summarize", "sweep"]

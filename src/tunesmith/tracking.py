@@ -13,12 +13,13 @@ import yaml
 from .config import TrackingConfig
 from .errors import TunesmithError
 from .fsutil import atomic_write_json, publish_dir
-from .runs import eval_metrics, flatten, read_json, read_jsonl, training_stats
+from .rundir import RECIPE, Layout, read_json
+from .runs import eval_metrics, flatten, training_stats
 
 # MLflow 3 sends usage telemetry over the network unless told not to; tunesmith works offline.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-ARTIFACTS = ("recipe.yaml", "run.json", "train.json", "report.html", "report.md", "eval/summary.json")
+ARTIFACTS = (RECIPE, "run.json", "train.json", "report.html", "report.md", "eval/summary.json")
 _TRAIN_KEYS = {"loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "tokens_per_s": "tokens_per_s",
                "epoch": "epoch"}
 _EVAL_KEYS = {"val_loss": "val_loss", "perplexity": "val_perplexity"}
@@ -32,7 +33,7 @@ def _num(v) -> bool:
 def curve_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
     """(key, value, step) for every training/validation record in ``metrics.jsonl``."""
     out = []
-    for rec in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+    for rec in Layout(run_dir).metrics():
         kind, step = rec.get("type"), rec.get("step")
         if kind not in ("train", "eval") or not isinstance(step, int):
             continue
@@ -96,7 +97,7 @@ def _quiet():
 
 
 def _read_recipe(run_dir: Path) -> dict:
-    path = run_dir / "recipe.yaml"
+    path = Layout(run_dir).recipe_path
     if not path.is_file():
         raise TunesmithError("not a tunesmith run directory (no recipe.yaml)", file=str(run_dir))
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -107,7 +108,7 @@ def _tags(run_dir: Path, recipe: dict) -> dict[str, str]:
     tags = {"task": str(recipe.get("task")), "method": str((recipe.get("method") or {}).get("name")),
             "model": str((recipe.get("model") or {}).get("name")), "run_dir": str(run_dir.resolve()),
             "tunesmith_version": __version__, "recipe_name": str(recipe.get("name")),
-            "stages": ",".join((read_json(run_dir / "run.json") or {}).get("stages", {}))}
+            "stages": ",".join(Layout(run_dir).stages())}
     parent = run_dir.resolve().parent
     if parent.name == "trials" and parent.parent.name.endswith("-sweep"):
         tags["sweep"] = parent.parent.name
@@ -148,7 +149,7 @@ def _log_mlflow(run_dir: Path, recipe: dict, cfg: TrackingConfig) -> dict:
         )
 
         uri = resolve_uri(run_dir, cfg)
-        state_path = run_dir / "tracking.json"
+        state_path = Layout(run_dir).tracking_json
         state_all = read_json(state_path) or {}
         state = (state_all.get("mlflow") or {}).get(uri) or {}
         client = MlflowClient(tracking_uri=uri)

@@ -5,10 +5,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Optional
-
-import typer
 
 from .errors import TunesmithError
 from .fsutil import atomic_write_json
@@ -34,7 +30,7 @@ def transformers_replies(model, tokenizer, prompt_ids: list[list[int]], max_new_
     """Greedy replies of a transformers model, one unpadded prompt at a time (no batching effects)."""
     import torch
 
-    from .eval.generate import eos_token_ids, pad_token_id
+    from .generation import eos_token_ids, pad_token_id
     eos = eos_token_ids(tokenizer, model)
     device = next(model.parameters()).device
     model.eval()
@@ -163,16 +159,48 @@ def compare(reference: list[Reply], got: list[Reply], prompts: list[list[dict]])
             "stop_differences": stops}
 
 
+def outcome(artifact: dict) -> dict:
+    """One artifact as ``identical`` / ``different`` / ``skipped``, with the detail or the reason."""
+    if artifact.get("status") != "compared":
+        return {"outcome": "skipped", "reason": artifact.get("reason") or "not compared"}
+    prompts, same = artifact["prompts"], artifact["identical"]
+    if same == prompts:
+        return {"outcome": "identical", "detail": f"{same}/{prompts} prompts identical"}
+    detail = f"{same}/{prompts} prompts identical, {len(artifact.get('mismatches', []))} text mismatches, " \
+             f"{len(artifact.get('stop_differences', []))} stop differences"
+    return {"outcome": "different", "detail": detail}
+
+
+def summarize(artifacts: dict[str, dict]) -> dict:
+    """Every artifact's outcome, the counts, and one sentence that never calls a partial check complete."""
+    outcomes = {name: outcome(a) for name, a in artifacts.items()}
+    names = {k: [n for n, o in outcomes.items() if o["outcome"] == k] for k in ("identical", "different", "skipped")}
+    same, diff, skipped = (len(names[k]) for k in ("identical", "different", "skipped"))
+    if diff:
+        text = f"differences found: {', '.join(names['different'])} ({diff} of {same + diff} compared differ)"
+    elif not same:
+        text = "nothing compared: " + ("every artifact was skipped" if skipped else "no artifacts to compare")
+    elif skipped:
+        text = (f"{same} compared artifact{'s' if same > 1 else ''} identical, but {skipped} skipped and not "
+                f"checked: {', '.join(names['skipped'])}")
+    else:
+        text = f"all {same} artifact{'s' if same > 1 else ''} identical"
+    return {"artifacts": outcomes, "identical": same, "different": diff, "skipped": skipped,
+            "complete": not skipped and bool(same + diff), "text": text}
+
+
+def summary_lines(summary: dict) -> list[tuple[str, str]]:
+    """The closing lines, one per artifact then the verdict, each with its outcome (for colour)."""
+    lines = []
+    for name, o in summary["artifacts"].items():
+        why = o.get("reason") if o["outcome"] == "skipped" else o.get("detail")
+        lines.append((f"  {name}: {o['outcome']}" + (f" ({why})" if why else ""), o["outcome"]))
+    verdict = "different" if summary["different"] else "identical" if summary["complete"] else "skipped"
+    lines.append((f"verify: {summary['text']}", verdict))
+    return lines
+
+
 # ---- the run-level check -------------------------------------------------------------------------
-
-def _tuned_model(run, tokenizer, device: str):
-    """Adapter (or trained weights) on a fresh base, exactly as the pipeline reloads it for evaluation."""
-    from . import methods, objectives, pipeline
-    session = SimpleNamespace(run=run, device=device, tokenizer=tokenizer,
-                              method=methods.get(run.recipe.method.name),
-                              objective=objectives.from_recipe(run.recipe))
-    return pipeline._load_tuned(session)
-
 
 def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str | None = None,
            prompts: int = 8, max_new_tokens: int | None = None, n_threads: int | None = None,
@@ -184,43 +212,47 @@ def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str |
     reason when llama_cpp is not installed) and, with ``server_url``, a live OpenAI-compatible
     server asked for the run's model id (the run directory name) and for the run's GGUF variants
     (``RUN:gguf-TYPE``) when its model list has them. Writes ``verify.json`` in the
-    run directory; ``ok`` is true when every compared artifact gave identical replies.
+    run directory; ``ok`` is true when every compared artifact gave identical replies, and
+    ``summary`` (:func:`summarize`) lists each artifact as identical / different / skipped (with
+    the reason) and says whether the check was ``complete`` (nothing skipped).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .data.prepare import load_splits
-    from .eval.generate import render_prompt
+    from .generation import render_prompt
     from .models import quiet_transformers
-    from .pipeline import Run, _device
+    from . import objectives
+    from .rundir import Run, resolve_device
+    from .tuned import load_tuned
 
     run = Run(Path(run_dir))
     r = run.recipe
-    if r.objective.name == "classification":
+    if not objectives.OBJECTIVES[r.objective.name].generates_text:
         raise TunesmithError("verify compares generated replies; a classification run predicts labels with a "
                              "head and exports no generative model", file=str(run.path))
-    if not (run.path / "model").is_dir():
+    if not run.model_dir.is_dir():
         raise TunesmithError("run has no trained model; run `tunesmith train` first", file=str(run.path))
     if prompts < 1:
         raise TunesmithError("expected at least 1 prompt", field="--prompts")
     quiet_transformers()
-    splits, _ = load_splits(run.path / "data")
+    splits, _ = load_splits(run.data_dir)
     chats = [ex.prompt_messages for ex in splits["test"] if ex.messages][:prompts]
     if not chats:
-        raise TunesmithError("the run's test split has no chat prompts to verify with", file=str(run.path / "data"))
+        raise TunesmithError("the run's test split has no chat prompts to verify with", file=str(run.data_dir))
     max_new = max_new_tokens or r.eval.max_new_tokens
-    tokenizer = AutoTokenizer.from_pretrained(run.path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     texts = [render_prompt(tokenizer, m) for m in chats]
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    device = _device(r)
+    device = resolve_device(r.train.device)
 
     t0 = time.perf_counter()
-    tuned = _tuned_model(run, tokenizer, device)
+    tuned, _ = load_tuned(run, device, tokenizer=tokenizer)
     reference = transformers_replies(tuned, tokenizer, prompt_ids, max_new)
     del tuned
     artifacts: dict[str, dict] = {}
 
-    merged_dir = run.path / "export" / "merged"
+    merged_dir = run.merged_dir
     if (merged_dir / "config.json").is_file():
         merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).to(device)
         artifacts["merged"] = {"kind": "transformers", "path": str(merged_dir),
@@ -233,7 +265,7 @@ def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str |
                                          "export.merged is false)"}
 
     available, why = llama_cpp_available()
-    for path in sorted((run.path / "export").glob("*.gguf")):
+    for path in run.gguf_files():
         entry = {"kind": "llama.cpp", "path": str(path)}
         if not available:
             artifacts[path.name] = {**entry, "status": "skipped", "reason": why}
@@ -256,45 +288,13 @@ def verify(run_dir: str | Path, *, server_url: str | None = None, api_key: str |
         "artifacts": artifacts,
         "compared": len(compared),
         "ok": all(v["identical"] == v["prompts"] for v in compared.values()),
+        "summary": summarize(artifacts),
         "wall_s": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_json(run.path / "verify.json", result)
+    atomic_write_json(run.verify_json, result)
     if print_table:
         print_report(result)
     return result
-
-
-def verify_live(run_dir: str | Path, *, prompts: int = 8, max_new_tokens: int | None = None,
-                print_table: bool = True) -> dict:
-    """``verify`` with the live-server check against tunesmith's own server, started on loopback for
-    the run (base model + this run) and stopped afterwards."""
-    from .pipeline import Run
-    from .serve import ServeSettings, create_app
-    from .serve.background import BackgroundServer
-    run = Run(Path(run_dir))
-    settings = ServeSettings(model=run.recipe.model.name, runs=[run.path], api_keys=[])
-    with BackgroundServer(create_app(settings)) as srv:
-        return verify(run.path, server_url=srv.url, prompts=prompts, max_new_tokens=max_new_tokens,
-                      print_table=print_table)
-
-
-def verify_after_export(run_dir: str | Path, prompts: int = 8, live: bool = True) -> dict | None:
-    """The end-of-run check (``export.verify``): verify when there is something to compare, else None.
-
-    Nothing to compare: a classification run, a run whose test split has no chat prompts
-    (plain-text data), or no merged model and no GGUF file in ``export/``.
-    """
-    from .data.prepare import load_splits
-    from .pipeline import Run
-    run = Run(Path(run_dir))
-    export = run.path / "export"
-    if run.recipe.objective.name == "classification" or not (
-            (export / "merged" / "config.json").is_file() or any(export.glob("*.gguf"))):
-        return None
-    splits, _ = load_splits(run.path / "data")
-    if not any(ex.messages for ex in splits["test"]):
-        return None
-    return verify_live(run.path, prompts=prompts) if live else verify(run.path, prompts=prompts)
 
 
 def print_report(result: dict) -> None:
@@ -325,31 +325,8 @@ def print_report(result: dict) -> None:
                           + (f" / token {m['first_diff_token']}" if m.get("first_diff_token") is not None else "")
                           + f": prompt {m['prompt'][:60]!r}\n  expected {m['expected'][:80]!r}\n"
                             f"  got      {m['got'][:80]!r}")
-    console.print("[green]verify: all compared artifacts identical[/green]" if result["ok"]
-                  else "[red]verify: differences found[/red]")
+    summary = result.get("summary") or summarize(result["artifacts"])
+    colour = {"identical": "green", "different": "red", "skipped": "yellow"}
+    for line, outcome in summary_lines(summary):
+        console.print(f"[{colour[outcome]}]{line}[/{colour[outcome]}]" if outcome in colour else line)
 
-
-def verify_command(run_dir: str = typer.Argument(..., help="Run directory to check."),
-                   server: Optional[str] = typer.Option(None, "--server", help="Also check a live OpenAI-compatible "
-                                                        "server at this URL (e.g. http://127.0.0.1:8000)."),
-                   api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNESMITH_API_KEY",
-                                                         help="Bearer token for --server."),
-                   prompts: int = typer.Option(8, "--prompts", help="Test prompts to compare."),
-                   max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
-                                                                help="Reply length (default: eval.max_new_tokens)."),
-                   live: bool = typer.Option(False, "--live", help="Start tunesmith's own server on loopback for "
-                                                                   "the run and check it too.")):
-    """Check that the merged model, GGUF files and a live server answer exactly like adapter-on-base."""
-    if live and server:
-        from .errors import TunesmithError
-        raise TunesmithError("use --server URL or --live, not both", field="--live")
-    if live:
-        result = verify_live(run_dir, prompts=prompts, max_new_tokens=max_new_tokens)
-    else:
-        result = verify(run_dir, server_url=server, api_key=api_key, prompts=prompts, max_new_tokens=max_new_tokens)
-    if not result["ok"]:
-        raise typer.Exit(1)
-
-
-app = typer.Typer(add_completion=False, help="Artifact parity checks.")
-app.command("verify")(verify_command)

@@ -373,7 +373,7 @@ def load_examples_strict(cfg: DataConfig, spec: str, *, limit_seed: int = 0,
     result = parse_file(cfg, spec, limit_seed=limit_seed, label_names=label_names)
     if result.errors:
         first, more = result.errors[0], len(result.errors) - 1
-        suffix = f" (and {more} more bad record{'s' if more > 1 else ''}; see `tunesmith validate`)" \
+        suffix = f" (and {more} more bad record{'s' if more > 1 else ''}; see `tunesmith data validate`)" \
             if more else ""
         err = TunesmithError(first["message"] + suffix, file=spec, line=first["line"])
         err.field = first["field"]

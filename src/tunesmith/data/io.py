@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import importlib.util
@@ -9,6 +10,7 @@ import io
 import json
 import lzma
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,10 @@ from ..errors import TunesmithError
 PACKAGE_PREFIX = "package:"
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _EXPECTED = "expected .jsonl, .json, .csv or .parquet (.jsonl/.json/.csv may end in .gz, .bz2 or .xz)"
+_KIND = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
+# what a damaged compressed stream raises (gzip.BadGzipFile and bz2's "Invalid data stream" are OSErrors)
+_CORRUPT = (OSError, EOFError, zlib.error, lzma.LZMAError)
+MAX_DEPTH = 100     # nesting of lists/objects in one record (deeper: refused, before it can exhaust the stack)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,50 @@ def _open_binary(path: Path, compression: str | None) -> IO[bytes]:
     return _OPENERS[compression](path, "rb") if compression else open(path, "rb")
 
 
+def _corrupt(spec: str, compression: str, err: BaseException, after: int | None = None) -> TunesmithError:
+    where = f" after line {after}" if after else ""
+    detail = str(err) or type(err).__name__
+    return TunesmithError(f"corrupt or truncated {_KIND[compression]} data{where} ({detail}); expected a complete "
+                          f"{compression} file", file=spec)
+
+
+def _guarded(spec: str, compression: str | None, records: Iterator, progress: list[int]) -> Iterator:
+    """``records`` with a damaged compressed stream turned into one ``TunesmithError`` (``progress[0]``:
+    the last line read)."""
+    if not compression:
+        yield from records
+        return
+    try:
+        yield from records
+    except _CORRUPT as e:
+        raise _corrupt(spec, compression, e, progress[0]) from None
+
+
+def _depth_error(value: Any) -> str | None:
+    """A message if ``value`` nests lists/objects deeper than MAX_DEPTH (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep; expected a flat record"
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return None
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, refusing deep nesting (cheaply pre-checked by counting brackets)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep; expected a flat record") from None
+    if isinstance(value, (dict, list)) and text.count("[") + text.count("{") > MAX_DEPTH:
+        why = _depth_error(value)
+        if why:
+            raise ValueError(why)
+    return value
+
+
 def read_records(spec: str, *, lenient: bool = False) -> Iterator[tuple[int, dict | Any]]:
     """Yield ``(line, record)`` for every record of a data file.
 
@@ -81,12 +131,13 @@ def read_records(spec: str, *, lenient: bool = False) -> Iterator[tuple[int, dic
     """
     path = resolve_path(spec)
     ext, compression = _split_suffix(path)
-    if ext == ".json" and _starts_with_array(path, compression):
-        return _read_json_array(path, compression, spec)
+    progress = [0]
+    if ext == ".json" and _starts_with_array(path, compression, spec):
+        return _guarded(spec, compression, _read_json_array(path, compression, spec), progress)
     if ext in (".jsonl", ".json", ".ndjson"):
-        return _read_json_lines(path, compression, spec, lenient)
+        return _guarded(spec, compression, _read_json_lines(path, compression, spec, lenient, progress), progress)
     if ext == ".csv":
-        return _read_csv(path, compression, spec, lenient)
+        return _guarded(spec, compression, _read_csv(path, compression, spec, lenient, progress), progress)
     if ext == ".parquet" and not compression:
         return _read_parquet(path, spec)
     shown = "".join(path.suffixes) or "no extension"
@@ -99,15 +150,42 @@ def _problem(spec: str, line: int, message: str, lenient: bool) -> tuple[int, Pa
     return line, ParseError(message)
 
 
-def _starts_with_array(path: Path, compression: str | None) -> bool:
+def _starts_with_array(path: Path, compression: str | None, spec: str) -> bool:
+    try:
+        with _open_binary(path, compression) as f:
+            return f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+    except _CORRUPT as e:
+        if compression:
+            raise _corrupt(spec, compression, e) from None
+        raise
+
+
+def _bad_utf8(path: Path, compression: str | None) -> tuple[int, int] | None:
+    """(line, byte offset in the file) of the first byte that is not valid UTF-8, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
     with _open_binary(path, compression) as f:
-        return f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+        while chunk := f.read(1 << 16):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                return line + chunk.count(b"\n", 0, e.start), offset + e.start
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+    return None
+
+
+def _utf8_error(spec: str, path: Path, compression: str | None, expected: str) -> TunesmithError:
+    found = _bad_utf8(path, compression)
+    at = f" (byte offset {found[1]})" if found else ""
+    return TunesmithError(f"not valid UTF-8{at}; expected {expected}", file=spec, line=found[0] if found else None)
 
 
 def _read_json_lines(path: Path, compression: str | None, spec: str,
-                     lenient: bool) -> Iterator[tuple[int, Any]]:
+                     lenient: bool, progress: list[int]) -> Iterator[tuple[int, Any]]:
     with _open_binary(path, compression) as f:
         for lineno, raw in enumerate(f, start=1):
+            progress[0] = lineno - 1
             try:
                 text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
@@ -119,10 +197,15 @@ def _read_json_lines(path: Path, compression: str | None, spec: str,
             if not text.strip():
                 continue
             try:
-                yield lineno, json.loads(text)
+                record = _loads(text)
             except json.JSONDecodeError as e:
                 yield _problem(spec, lineno, f"invalid JSON ({e.msg} at column {e.colno}); expected one "
                                              "JSON object per line", lenient)
+                continue
+            except ValueError as e:
+                yield _problem(spec, lineno, f"{e}", lenient)
+                continue
+            yield lineno, record
 
 
 def _read_json_array(path: Path, compression: str | None, spec: str) -> Iterator[tuple[int, Any]]:
@@ -130,12 +213,14 @@ def _read_json_array(path: Path, compression: str | None, spec: str) -> Iterator
     with _open_binary(path, compression) as f:
         data = f.read()
     try:
-        records = json.loads(data.decode("utf-8-sig"))
+        records = _loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
-        raise TunesmithError("not valid UTF-8; expected UTF-8 encoded JSON", file=spec) from None
+        raise _utf8_error(spec, path, compression, "UTF-8 encoded JSON") from None
     except json.JSONDecodeError as e:
         raise TunesmithError(f"invalid JSON ({e.msg} at column {e.colno}); expected a JSON array "
                              "of objects or one JSON object per line", file=spec, line=e.lineno) from None
+    except ValueError as e:
+        raise TunesmithError(f"{e}", file=spec) from None
     yield from enumerate(records, start=1)
 
 
@@ -150,7 +235,7 @@ def _raise_field_limit() -> None:
 
 
 def _read_csv(path: Path, compression: str | None, spec: str,
-              lenient: bool) -> Iterator[tuple[int, dict]]:
+              lenient: bool, progress: list[int]) -> Iterator[tuple[int, dict]]:
     _raise_field_limit()
     with _open_binary(path, compression) as raw, \
             io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
@@ -170,7 +255,7 @@ def _read_csv(path: Path, compression: str | None, spec: str,
                     prev = reader.line_num
                     yield _problem(spec, start, f"malformed CSV row ({e})", lenient)
                     continue
-                prev = reader.line_num
+                prev = progress[0] = reader.line_num
                 if not row:
                     continue
                 if len(row) != len(header):
@@ -179,8 +264,7 @@ def _read_csv(path: Path, compression: str | None, spec: str,
                     continue
                 yield start, dict(zip(header, row))
         except UnicodeDecodeError:
-            raise TunesmithError("not valid UTF-8; expected a UTF-8 encoded CSV file",
-                                 file=spec) from None
+            raise _utf8_error(spec, path, compression, "a UTF-8 encoded CSV file") from None
         except csv.Error as e:
             raise TunesmithError(f"malformed CSV header ({e})", file=spec, line=1) from None
 

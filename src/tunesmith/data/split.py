@@ -17,7 +17,7 @@ def _unit_hash(seed: int, key: str) -> float:
 
 
 def split_examples(examples: list[Example], validation: float, test: float,
-                   seed: int) -> dict[str, list[Example]]:
+                   seed: int, keys: list[str] | None = None) -> dict[str, list[Example]]:
     """Split examples into ``train``, ``validation`` and ``test`` by a hash of their prompt.
 
     Each distinct prompt (``prompt_key()`` after casefold and whitespace collapse) gets a number
@@ -27,6 +27,9 @@ def split_examples(examples: list[Example], validation: float, test: float,
     share a split. Small inputs are adjusted along the same ``u`` order: with at least 3 distinct
     prompts a requested test (and validation) split gets at least one prompt, and train always
     keeps at least one. Within each split the input order is preserved.
+
+    ``keys`` (one per example) replaces the prompt as the grouping key, to keep larger groups
+    together (prepare passes one key for every example of a group of conflicting answers).
     """
     for name, value in (("validation", validation), ("test", test)):
         if not 0.0 <= value < 1.0:
@@ -35,7 +38,10 @@ def split_examples(examples: list[Example], validation: float, test: float,
         raise TunesmithError(f"validation + test must be below 1, got {validation + test:g}",
                              field="validation")
 
-    keys = [normalize_key(ex.prompt_key()) for ex in examples]
+    if keys is None:
+        keys = [normalize_key(ex.prompt_key()) for ex in examples]
+    elif len(keys) != len(examples):
+        raise ValueError(f"got {len(keys)} keys for {len(examples)} examples")
     ranked = sorted({key: _unit_hash(seed, key) for key in keys}.items(),
                     key=lambda item: (item[1], item[0]))
     n = len(ranked)

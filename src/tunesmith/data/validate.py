@@ -9,10 +9,10 @@ from typing import Any
 from ..config import DataConfig
 from ..fsutil import atomic_write_json
 from .clean import clean_example
-from .dedup import exact_duplicates, near_duplicates
 from .example import Example
 from .formats import parse_file
 from .pii import find_pii
+from .prepare import REASONS, preprocess, removal_problem, removal_summary
 
 MAX_LINES = 20      # line numbers kept per error kind / PII kind / duplicate list
 MAX_MESSAGES = 3    # example messages kept per error kind
@@ -23,13 +23,17 @@ def validate(cfg: DataConfig, spec: str, tokenizer=None) -> dict:
     """Check a whole data file and return a JSON-serialisable report.
 
     ``cfg.where`` is applied (non-matching rows are counted, not checked); ``cfg.max_examples`` is
-    not: every matching row is checked. Cleaning follows ``cfg.clean``; duplicate, PII, token and
-    label statistics are computed on the cleaned examples that are not empty after cleaning.
+    not: every matching row is checked. Cleaning follows ``cfg.clean``; PII, token and label
+    statistics are computed on the cleaned examples that are not empty after cleaning. Duplicates,
+    conflicts, removals, the split sizes and label coverage are what `data prepare` would find
+    (the same code), with the recipe's given validation/test files (when they are other files)
+    checked against this one.
     """
     result = parse_file(cfg, spec, sample=False)
     cleaned = [_clean(ex, cfg) for ex in result.examples]
     empty_lines = [ex.line for ex in cleaned if _is_empty(ex)]
     kept = [ex for ex in cleaned if not _is_empty(ex)]
+    prepared = _prepared(cfg, spec, result, cleaned)
     report: dict[str, Any] = {
         "file": spec,
         "format": result.format,
@@ -41,14 +45,48 @@ def validate(cfg: DataConfig, spec: str, tokenizer=None) -> dict:
         "errors": _error_summary(result.errors),
         "empty_after_cleaning": {"count": len(empty_lines), "lines": empty_lines[:MAX_LINES]},
         "roles": _role_stats(kept),
-        "duplicates": _duplicate_stats(kept, cfg.clean.near_dup_threshold),
+        "duplicates": prepared["duplicates"],
         "pii": _pii_stats(kept),
         "labels": dict(sorted(Counter(ex.label for ex in kept).items()))
         if result.format == "labelled" else None,
         "tokens": _token_stats(kept, tokenizer, cfg.max_length) if tokenizer is not None else None,
         "max_examples": cfg.max_examples,
+        **{k: v for k, v in prepared.items() if k != "duplicates"},
     }
     return report
+
+
+def _prepared(cfg: DataConfig, spec: str, result, cleaned: list[Example]) -> dict:
+    """Run prepare's preprocessing on the cleaned file (and any given validation/test file)."""
+    raw = {"train": cleaned}
+    given_files = {}
+    for name in ("validation", "test"):
+        other = getattr(cfg, name)
+        if other and other != spec:
+            parsed = parse_file(cfg, other, sample=False, label_names=result.label_names)
+            raw[name] = [_clean(ex, cfg) for ex in parsed.examples]
+            given_files[name] = {"file": other, "valid": len(parsed.examples), "invalid": len(parsed.errors)}
+    splits, manifest = preprocess(cfg, raw, result.label_names if result.format == "labelled" else None,
+                                  normalized=True)
+    pre = manifest["preprocessing"]
+    loaded = sum(pre["loaded"].values())
+    problem = removal_problem(manifest)
+    dups = manifest["duplicates"].get("train") or {
+        "exact": 0, "exact_pairs": [], "near": 0, "near_pairs": [], "near_threshold": cfg.clean.near_dup_threshold,
+        "conflicts": 0, "conflict_pairs": [], "shared_text": {"lines": 0, "chars": 0, "examples": []}}
+    return {
+        "duplicates": dups,
+        "removal": {"loaded": pre["loaded"], "removed": pre["removed"], "total": pre["removed_total"],
+                    "share": round(pre["removed_total"] / loaded, 4) if loaded else 0.0,
+                    "examples": pre["removal_examples"], "max_removed": cfg.clean.max_removed,
+                    "stops": problem[1] if problem else None, "summary": removal_summary(manifest)},
+        "split_counts": manifest["counts"],
+        "conflicts": manifest["conflicts"],
+        "given_files": given_files,
+        "given_eval": manifest["given_eval"],
+        "inferred_labels": manifest["inferred_labels"],
+        "label_coverage": manifest["label_coverage"],
+    }
 
 
 def _clean(ex: Example, cfg: DataConfig) -> Example:
@@ -92,18 +130,6 @@ def _role_stats(examples: list[Example]) -> dict | None:
                                          if m["role"] == "assistant"),
         "messages_by_role": dict(sorted(roles.items())),
     }
-
-
-def _pairs(examples: list[Example], dups: dict[int, int]) -> list[list[int]]:
-    return [[examples[i].line, examples[j].line] for i, j in list(dups.items())[:MAX_LINES]]
-
-
-def _duplicate_stats(examples: list[Example], threshold: float) -> dict:
-    texts = [ex.full_text() for ex in examples]
-    exact = exact_duplicates(texts)
-    near = {i: j for i, j in near_duplicates(texts, threshold=threshold).items() if i not in exact}
-    return {"exact": len(exact), "exact_pairs": _pairs(examples, exact),
-            "near": len(near), "near_pairs": _pairs(examples, near), "near_threshold": threshold}
 
 
 def _pii_stats(examples: list[Example]) -> dict[str, dict]:
@@ -203,10 +229,24 @@ def render_report(report: dict):
     summary.add_row("exact duplicates", _dup_row(dups["exact"], dups["exact_pairs"], "="))
     summary.add_row(f"near duplicates (≥{dups['near_threshold']})",
                     _dup_row(dups["near"], dups["near_pairs"], "≈"))
+    if "conflicts" in dups:
+        summary.add_row("conflicting answers", Text(_dup_row(dups["conflicts"], dups["conflict_pairs"], "≠"),
+                                                    style="yellow" if dups["conflicts"] else ""))
+    shared = dups.get("shared_text") or {}
+    if shared.get("lines"):
+        summary.add_row("shared text (not compared)",
+                        f"{shared['lines']} line(s), {shared['chars']} chars, e.g. “{shared['examples'][0]}”")
+    if removal := report.get("removal"):
+        loaded = sum(removal["loaded"].values())
+        summary.add_row("data prepare removes", Text(f"{removal['total']} of {loaded} ({removal['share']:.1%})",
+                                                     style="red" if removal["stops"] else "green"))
+    if counts := report.get("split_counts"):
+        summary.add_row("split sizes", ", ".join(f"{k} {v}" for k, v in counts.items()))
     if report["max_examples"]:
         summary.add_row("max_examples", f"{report['max_examples']} (random sample used for training)")
     parts.append(summary)
 
+    parts.extend(_trust_parts(report))
     if report["errors"]:
         table = Table(title="Errors", box=box.SIMPLE_HEAD)
         for col in ("kind", "count", "lines", "example"):
@@ -251,7 +291,9 @@ def render_report(report: dict):
             table.add_row(kind, str(p["count"]), _lines(p["lines"], p["count"]))
         parts.append(table)
 
-    if labels := report["labels"]:
+    if (cov := report.get("label_coverage")) and len(cov["distribution"]) > 1:
+        parts.append(_coverage_table(cov))
+    elif labels := report["labels"]:
         table = Table(title="Label balance", box=box.SIMPLE_HEAD)
         for col in ("label", "count", "share"):
             table.add_column(col, justify="right" if col != "label" else "left")
@@ -259,4 +301,74 @@ def render_report(report: dict):
         for name, n in labels.items():
             table.add_row(name, str(n), f"{100 * n / total:.1f}%")
         parts.append(table)
+    if (cov := report.get("label_coverage")) and cov.get("warning"):
+        parts.append(Text("warning: " + cov["warning"], style="yellow"))
     return Group(*parts)
+
+
+def _trust_parts(report: dict) -> list:
+    """Removals with examples, the stop message, conflicts and given files' overlaps, for the terminal."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    removal = report.get("removal")
+    if removal and removal["total"]:
+        table = Table(title="Removed by `data prepare`", box=box.SIMPLE_HEAD)
+        for col in ("split", "reason", "count", "examples"):
+            table.add_column(col, overflow="fold")
+        for split, reasons in removal["removed"].items():
+            for reason, n in reasons.items():
+                shown = removal["examples"].get(split, {}).get(reason, [])[:2]
+                table.add_row(split, REASONS.get(reason, (reason,))[0], str(n),
+                              "\n".join(_removed_pair(e, "=" if reason == "exact_duplicate" else "≈")
+                                        for e in shown))
+        parts.append(table)
+    if removal and removal["stops"]:
+        parts.append(Text("stop: " + removal["stops"], style="bold red"))
+    conflicts = report.get("conflicts") or {}
+    if conflicts.get("count"):
+        table = Table(title=f"Conflicting answers to near-identical prompts ({conflicts['count']}, "
+                            f"policy {conflicts['policy']})", box=box.SIMPLE_HEAD)
+        for col in ("lines", "first", "second"):
+            table.add_column(col, overflow="fold")
+        for pair in conflicts["pairs"][:MAX_MESSAGES * 2]:
+            table.add_row(" / ".join(map(str, pair["lines"])), *pair["texts"])
+        parts.append(table)
+    for split, info in (report.get("given_eval") or {}).items():
+        overlap = info["train_overlap"]
+        style = "yellow" if info["duplicates"] or overlap["count"] else "green"
+        verdict = "kept as given" if info["kept_as_given"] else f"{info['removed']} removed"
+        parts.append(Text(f"given {split} file: {info['items']} items, {info['duplicates']} duplicate(s) inside, "
+                          f"{overlap['count']} overlap(s) with training ({overlap['same_answer']} with the same "
+                          f"answer); {verdict}", style=style))
+        for item in overlap["items"][:MAX_MESSAGES]:
+            parts.append(Text(f"  {split} line {item['line']} ≈ train line {item['train_line']} "
+                              f"({item['similarity']:.2f}): {item['text']}"))
+    return parts
+
+
+def _removed_pair(item: dict, sign: str) -> str:
+    if "kept_line" in item:
+        return f"line {item['line']} {sign} line {item['kept_line']}: {item['text']}  |  {item['kept_text']}"
+    return f"line {item['line']}: {item['text']}"
+
+
+def _coverage_table(cov: dict):
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    splits = list(cov["distribution"])
+    flagged = {i["label"] for i in cov["issues"]}
+    table = Table(title="Labels per split", box=box.SIMPLE_HEAD)
+    table.add_column("label")
+    for name in splits:
+        table.add_column(name, justify="right")
+    labels = list(dict.fromkeys(label for d in cov["distribution"].values() for label in d))
+    for label in labels:
+        style = "yellow" if label in flagged else ""
+        table.add_row(Text(str(label), style=style),
+                      *(Text(str(cov["distribution"][s].get(label, 0)), style=style) for s in splits))
+    return table

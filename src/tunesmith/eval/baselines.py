@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ..config import Recipe
 from ..data.example import Example
 from ..errors import TunesmithError
-from .generate import render_prompt
+from ..generation import render_prompt
 from .retrieval import Embedder, Index
 
 SYSTEMS = {"base": "base zero-shot", "few_shot": "base few-shot", "rag": "base + RAG", "tuned": "fine-tuned",

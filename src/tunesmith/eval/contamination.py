@@ -1,43 +1,37 @@
-"""Contamination check: held-out items whose text nearly duplicates a training item (MinHash LSH)."""
+"""Contamination check: held-out items whose prompt nearly duplicates a training item's (MinHash LSH).
+
+Prompts are compared on their varying content (``data.dedup.cross_matches``): lines shared by many
+examples, such as one system prompt or the labelled-format template, are left out, so they cannot
+make every test item look like a training item.
+"""
 from __future__ import annotations
 
-from ..data.dedup import normalize_key, shingles
+from ..data.dedup import cross_matches
 from ..data.example import Example
 
 
-def _text(ex: Example) -> str:
-    return ex.text if ex.text and ex.messages else ex.prompt_key()
+def _shown(ex: Example) -> str:
+    """The input as a reader knows it: the raw text of labelled/plain data, the user turns of a chat."""
+    if ex.text and (ex.label is not None or not ex.messages):
+        return ex.text
+    users = [m["content"] for m in ex.prompt_messages if m["role"] == "user"]
+    return "\n".join(users) if users else ex.prompt_key()
 
 
 def check(train: list[Example], test: list[Example], threshold: float = 0.8, *, num_perm: int = 128,
-          listed: int = 20) -> dict:
+          listed: int = 20, shared_share: float = 0.3) -> dict:
     """Which test items have a training item with estimated Jaccard similarity >= ``threshold``.
 
     Similarity is over character 5-gram shingles of the normalised input (the raw text of labelled
-    data, the prompt of chat data); exact matches after normalisation always count.
+    data, the prompt of chat data) without the lines shared by more than ``shared_share`` of all
+    the examples; exact matches after normalisation always count. ``same_answer`` says whether the
+    matched training item also has the same answer.
     """
-    from datasketch import MinHash, MinHashLSH
-    exact = {}
-    for j, ex in enumerate(train):
-        exact.setdefault(normalize_key(_text(ex)), j)
-    train_sigs = MinHash.bulk((shingles(_text(ex)) for ex in train), num_perm=num_perm)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    for j, sig in enumerate(train_sigs):
-        lsh.insert(j, sig)
-    test_sigs = MinHash.bulk((shingles(_text(ex)) for ex in test), num_perm=num_perm)
-    items = []
-    for i, (ex, sig) in enumerate(zip(test, test_sigs)):
-        j = exact.get(normalize_key(_text(ex)))
-        score = 1.0 if j is not None else 0.0
-        if j is None:
-            scored = [(sig.jaccard(train_sigs[c]), c) for c in lsh.query(sig)]
-            scored = [s for s in scored if s[0] >= threshold]
-            if scored:
-                score, j = max(scored)
-        if j is not None:
-            items.append({"test_index": i, "test_line": ex.line, "train_line": train[j].line,
-                          "similarity": round(float(score), 3), "test_text": _text(ex)[:300],
-                          "train_text": _text(train[j])[:300]})
+    matches = cross_matches(train, test, threshold, near=True, shared_share=shared_share, num_perm=num_perm)
+    items = [{"test_index": m["index"], "test_line": test[m["index"]].line, "train_line": train[m["ref"]].line,
+              "similarity": m["similarity"], "same_answer": m["same_answer"],
+              "test_text": _shown(test[m["index"]])[:300], "train_text": _shown(train[m["ref"]])[:300]}
+             for m in matches]
     items.sort(key=lambda d: -d["similarity"])
     return {"threshold": threshold, "test_items": len(test), "train_items": len(train),
             "contaminated": len(items), "fraction": len(items) / len(test) if test else 0.0,

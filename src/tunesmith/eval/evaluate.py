@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..config import Recipe
@@ -13,27 +11,7 @@ from ..data.tokenize import Tokenized
 from ..train.loop import evaluate_loss
 from ..train.progress import console
 from . import metrics
-from .generate import generate, render_prompt
-
-
-@contextmanager
-def merged_for_inference(model):
-    """Fold a peft adapter into the base weights while generating (as fast as the base model),
-    then restore the exact original base weights."""
-    layers = [m for m in model.modules() if hasattr(m, "merge") and hasattr(m, "base_layer")] \
-        if callable(getattr(model, "merge_adapter", None)) else []
-    if not layers or any(getattr(m, "merged", False) for m in layers):
-        yield
-        return
-    saved = {id(m): m.base_layer.weight.detach().clone() for m in layers}
-    model.merge_adapter()
-    try:
-        yield
-    finally:
-        model.unmerge_adapter()
-        with torch.no_grad():
-            for m in layers:
-                m.base_layer.weight.copy_(saved[id(m)])
+from ..generation import generate, merged_for_inference, render_prompt
 
 
 def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokenized], recipe: Recipe,

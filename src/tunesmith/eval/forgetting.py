@@ -7,7 +7,7 @@ from ..data.tokenize import Tokenized, tokenize_example
 from ..errors import TunesmithError
 from . import metrics
 from .baselines import load_documents
-from .generate import generate
+from ..generation import generate, merged_for_inference
 
 # Everyday questions a general assistant should keep answering the same way after domain tuning.
 BUILTIN_PROMPTS = [
@@ -67,19 +67,16 @@ def text_sequences(docs: list[str], tokenizer, max_length: int) -> list[Tokenize
     return [s for s in seqs if s is not None]
 
 
-def measure(model, tokenizer, recipe: Recipe, *, title: str) -> dict:
-    """General-text perplexity and greedy answers to the general prompts, for one model."""
-    from ..objectives import SFTObjective
+def measure(model, tokenizer, recipe: Recipe, *, title: str, text_objective) -> dict:
+    """General-text perplexity (the loss of ``text_objective``, a plain language-modelling objective)
+    and greedy answers to the general prompts, for one generative model."""
     from ..train.loop import evaluate_loss
-    from .evaluate import merged_for_inference
-    if recipe.objective.name == "classification":
-        return {"skipped": NOT_GENERATIVE}
     docs, _ = general_documents(recipe)
     out: dict = {"documents": len(docs)}
     device = next(model.parameters()).device
     if docs:
         seqs = text_sequences(docs, tokenizer, min(recipe.data.max_length, 512))
-        loss = evaluate_loss(model, seqs, SFTObjective(), batch_size=recipe.train.batch_size,
+        loss = evaluate_loss(model, seqs, text_objective, batch_size=recipe.train.batch_size,
                              pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                              else tokenizer.eos_token_id, device=device)
         out.update(loss=loss["val_loss"], perplexity=loss["perplexity"], tokens=loss.get("tokens"))
@@ -119,13 +116,11 @@ def compare(before: dict | None, after: dict | None, threshold: float) -> dict |
 
 
 def replay_sequences(recipe: Recipe, tokenizer, n_train: int) -> list[Tokenized]:
-    """General-text sequences to mix into training so that ``forgetting.replay`` of the mix is replay."""
+    """General-text sequences to mix into training so that ``forgetting.replay`` of the mix is replay
+    (the caller checks that the objective trains on plain text)."""
     share = recipe.forgetting.replay
     if not share:
         return []
-    if recipe.objective.name != "sft":
-        raise TunesmithError("replay mixes plain text into training and needs objective sft",
-                             field="forgetting.replay")
     _, docs = general_documents(recipe)
     if not docs:
         raise TunesmithError("replay needs general text beyond the documents kept for the perplexity check",

@@ -1,42 +1,13 @@
 """Report figures as PNG bytes (matplotlib, Agg): loss curves, metric bars by system, confusion, lengths."""
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
-PALETTE = {"base": "#8c959f", "few_shot": "#bf8700", "rag": "#8250df", "tuned": "#1a7f37", "tuned_rag": "#0969da"}
+from ..render import figure, is_number, png_bytes
+from ..rundir import read_jsonl
 
-
-def _figure(w: float = 7, h: float = 3.6):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(w, h), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of an interrupted run
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+PALETTE = {"majority": "#d0d7de", "base": "#8c959f", "few_shot": "#bf8700", "rag": "#8250df", "tuned": "#1a7f37",
+           "tuned_rag": "#0969da"}
 
 
 def loss_plot_png(metrics_jsonl_path: str | Path) -> bytes | None:
@@ -48,15 +19,15 @@ def loss_plot_png(metrics_jsonl_path: str | Path) -> bytes | None:
     if not path.is_file():
         return None
     train, val = [], []
-    for rec in _read_jsonl(path):
-        if rec.get("type") == "train" and _is_number(rec.get("loss")) and "step" in rec:
+    for rec in read_jsonl(path):
+        if rec.get("type") == "train" and is_number(rec.get("loss")) and "step" in rec:
             train.append((rec["step"], rec["loss"]))
-        elif rec.get("type") == "eval" and _is_number(rec.get("val_loss")) and "step" in rec:
+        elif rec.get("type") == "eval" and is_number(rec.get("val_loss")) and "step" in rec:
             val.append((rec["step"], rec["val_loss"]))
     if not train and not val:
         return None
 
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     if train:
         ax.plot(*zip(*train), label="train loss", color="#0969da", linewidth=1.2, alpha=0.85)
@@ -66,30 +37,43 @@ def loss_plot_png(metrics_jsonl_path: str | Path) -> bytes | None:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return png_bytes(fig)
 
 
+def _error_bars(row: dict, keys: list[str], values: list[float]):
+    """Asymmetric error bars from the row's 95% intervals (None when the row has none)."""
+    intervals = row.get("intervals") or {}
+    if not any(intervals.get(k) for k in keys):
+        return None
+    lower, upper = [], []
+    for k, v in zip(keys, values):
+        ci = intervals.get(k)
+        lower.append(max(v - ci[0], 0.0) if ci else 0.0)
+        upper.append(max(ci[1] - v, 0.0) if ci else 0.0)
+    return [lower, upper]
 
 
 def metric_bars_png(rows: list[dict], keys: list[str], titles: dict[str, str]) -> bytes | None:
-    """Grouped bars: one group per metric, one bar per system (base, few-shot, RAG, tuned, ...)."""
-    keys = [k for k in keys if any(_is_number(r["metrics"].get(k)) for r in rows)][:4]
+    """Grouped bars: one group per metric, one bar per system (majority class, base, few-shot, RAG,
+    tuned, ...), with the 95% intervals as error bars."""
+    keys = [k for k in keys if any(is_number(r["metrics"].get(k)) for r in rows)][:4]
     if not rows or not keys:
         return None
     import numpy as np
-    fig = _figure(7, 3.4)
+    fig = figure(7, 3.4)
     ax = fig.add_subplot()
     width = 0.8 / len(rows)
     x = np.arange(len(keys))
     for i, row in enumerate(rows):
-        values = [row["metrics"].get(k) if _is_number(row["metrics"].get(k)) else 0 for k in keys]
+        values = [row["metrics"].get(k) if is_number(row["metrics"].get(k)) else 0 for k in keys]
         bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=row.get("label", row["system"]),
-                      color=PALETTE.get(row["system"], None))
+                      color=PALETTE.get(row["system"], None), yerr=_error_bars(row, keys, values),
+                      error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#1f2328"})
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, [titles.get(k, k) for k in keys])
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(len(rows), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def confusion_png(details: dict[str, dict]) -> bytes | None:
@@ -97,7 +81,7 @@ def confusion_png(details: dict[str, dict]) -> bytes | None:
     sides = [s for s in ("base", "tuned") if details.get(s)]
     if not sides:
         return None
-    fig = _figure(3.4 * len(sides), 3.2)
+    fig = figure(3.4 * len(sides), 3.2)
     for n, side in enumerate(sides, 1):
         d = details[side]
         matrix = d["confusion"]
@@ -114,7 +98,7 @@ def confusion_png(details: dict[str, dict]) -> bytes | None:
         ax.set_title(f"{side}", fontsize=9)
         ax.set_xlabel("answered", fontsize=8)
         ax.set_ylabel("reference", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def lengths_png(lengths: dict[str, list[int]], limit: int | None = None) -> bytes | None:
@@ -122,7 +106,7 @@ def lengths_png(lengths: dict[str, list[int]], limit: int | None = None) -> byte
     splits = [s for s in ("train", "validation", "test") if lengths.get(s)]
     if not splits:
         return None
-    fig = _figure(7, 3.0)
+    fig = figure(7, 3.0)
     ax = fig.add_subplot()
     top = max(max(lengths[s]) for s in splits)
     bins = min(40, max(5, top // 8))
@@ -135,4 +119,4 @@ def lengths_png(lengths: dict[str, list[int]], limit: int | None = None) -> byte
     ax.set_ylabel("share")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)

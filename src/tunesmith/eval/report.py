@@ -1,13 +1,13 @@
 """The run report: recommendation, systems side by side, base vs tuned, plots and examples (MD + HTML)."""
 from __future__ import annotations
 
-import base64
-import html
 import math
 from datetime import datetime
 from pathlib import Path
 
 from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..render import CSS, esc, html_table, img_tag, is_number
+from ..rundir import Layout
 from .metrics import LOWER_IS_BETTER, UNPARSED
 from . import report_decision
 from .plots import confusion_png, lengths_png, loss_plot_png, metric_bars_png
@@ -24,25 +24,16 @@ _FRACTIONS = frozenset({"exact_match", "accuracy", "macro_precision", "macro_rec
                         "logp_preference_accuracy", "reward_accuracy"})
 _DASH = "—"
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1000px;
-margin:2em auto;padding:0 1em;color:#1f2328;line-height:1.45}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}
-.meta{color:#57606a}table{border-collapse:collapse;margin:.6em 0}
-th,td{border:1px solid #d0d7de;padding:.3em .7em;text-align:right}
-th:first-child,td:first-child{text-align:left}thead th{background:#f6f8fa}
+# the shared base look plus the report's own rules (narrower page, better/worse deltas, examples)
+_CSS = CSS + """body{max-width:1000px}h1{margin-bottom:.2em}
 .better{color:#1a7f37;font-weight:600}.worse{color:#cf222e;font-weight:600}
 .diag{background:#dafbe1}table.text td{text-align:left}.rec{border-left:4px solid #0969da;background:#f6f8fa;padding:.2em 1em}.ex{border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em;margin:1em 0}
 pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.5em;border-radius:4px;
-margin:.2em 0 .6em}.ok{color:#1a7f37}.bad{color:#cf222e}img{max-width:100%}
+margin:.2em 0 .6em}.ok{color:#1a7f37}.bad{color:#cf222e}
 """
 
 
 # ----------------------------------------------------------------------------- formatting
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
 
 def _base(metric: str) -> str:
     """``task/metric`` (multi-task runs) -> ``metric``."""
@@ -57,7 +48,7 @@ def _title(metric: str, titles: dict) -> str:
 
 def _fmt(metric: str, value) -> str:
     metric = _base(metric)
-    if not _is_number(value):
+    if not is_number(value):
         return _DASH
     if math.isnan(value):
         return "n/a"
@@ -71,7 +62,7 @@ def _fmt(metric: str, value) -> str:
 def _delta(metric: str, base, tuned) -> tuple[str, str]:
     """Signed change with an arrow, and ``better``/``worse``/``""`` for colouring."""
     metric = _base(metric)
-    if not (_is_number(base) and _is_number(tuned)):
+    if not (is_number(base) and is_number(tuned)):
         return _DASH, ""
     d = tuned - base
     if not math.isfinite(d):
@@ -107,7 +98,7 @@ def _comparison_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
 
 
 def _duration(seconds) -> str:
-    if not _is_number(seconds):
+    if not is_number(seconds):
         return _DASH
     s = int(round(seconds))
     h, rem = divmod(s, 3600)
@@ -120,7 +111,7 @@ def _training_items(results: dict) -> list[tuple[str, str]]:
     c = results.get("counts") or {}
 
     def num(x, fmt="{:,}"):
-        return fmt.format(x) if _is_number(x) else _DASH
+        return fmt.format(x) if is_number(x) else _DASH
 
     early = t.get("early_stopped")
     return [
@@ -255,28 +246,24 @@ def _markdown(results: dict, images: dict[str, bytes]) -> str:
 
 # ----------------------------------------------------------------------------- HTML
 
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def _html_kv(items) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) \
+    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items) \
         + "</table>"
 
 
 def _html_confusion(side: str, d: dict) -> str:
     labels = d["labels"]
-    head = "".join(f"<th>{_e(x)}</th>" for x in [*labels, UNPARSED])
+    head = "".join(f"<th>{esc(x)}</th>" for x in [*labels, UNPARSED])
     body = []
     for i, (label, counts) in enumerate(zip(labels, d["confusion"])):
         cells = "".join(f'<td class="diag">{c}</td>' if j == i else f"<td>{c}</td>"
                         for j, c in enumerate(counts))
-        body.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
+        body.append(f"<tr><th>{esc(label)}</th>{cells}</tr>")
     per_label = "".join(
-        f"<tr><th>{_e(label)}</th><td>{100 * s['precision']:.1f}%</td>"
+        f"<tr><th>{esc(label)}</th><td>{100 * s['precision']:.1f}%</td>"
         f"<td>{100 * s['recall']:.1f}%</td><td>{100 * s['f1']:.1f}%</td><td>{s['support']}</td></tr>"
         for label, s in d["per_label"].items())
-    return (f"<h3>{_e(side.capitalize())} model</h3>"
+    return (f"<h3>{esc(side.capitalize())} model</h3>"
             f"<table><thead><tr><th>reference \\ predicted</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
             "<table><thead><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>"
@@ -290,49 +277,40 @@ def _html_example(i: int, ex: dict) -> str:
         return '<span class="ok">✓ correct</span>' if ok else '<span class="bad">✗ wrong</span>'
 
     return (f'<div class="ex"><h3>Example {i}</h3>'
-            f"<b>Prompt</b><pre>{_e(ex.get('prompt', ''))}</pre>"
-            f"<b>Reference</b><pre>{_e(ex.get('reference', ''))}</pre>"
-            f"<b>Base</b> {verdict(ex.get('base_correct'))}<pre>{_e(ex.get('base', ''))}</pre>"
-            f"<b>Tuned</b> {verdict(ex.get('tuned_correct'))}<pre>{_e(ex.get('tuned', ''))}</pre>"
+            f"<b>Prompt</b><pre>{esc(ex.get('prompt', ''))}</pre>"
+            f"<b>Reference</b><pre>{esc(ex.get('reference', ''))}</pre>"
+            f"<b>Base</b> {verdict(ex.get('base_correct'))}<pre>{esc(ex.get('base', ''))}</pre>"
+            f"<b>Tuned</b> {verdict(ex.get('tuned_correct'))}<pre>{esc(ex.get('tuned', ''))}</pre>"
             "</div>")
-
-
-def _img(png: bytes | None, alt: str) -> str:
-    if not png:
-        return ""
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 def _html(results: dict, images: dict[str, bytes]) -> str:
     name = results.get("name", "run")
     rows = "".join(
-        f"<tr><th>{_e(title)}</th><td>{_e(base)}</td><td>{_e(tuned)}</td>"
-        f'<td class="{cls or "same"}">{_e(delta)}</td></tr>'
+        f"<tr><th>{esc(title)}</th><td>{esc(base)}</td><td>{esc(tuned)}</td>"
+        f'<td class="{cls or "same"}">{esc(delta)}</td></tr>'
         for title, base, tuned, delta, cls in _comparison_rows(results))
     parts = [
-        f"<h1>Tunesmith report: {_e(name)}</h1>",
-        '<p class="meta">' + " · ".join(f"<b>{_e(k)}:</b> {_e(v)}" for k, v in _header_items(results))
+        f"<h1>Tunesmith report: {esc(name)}</h1>",
+        '<p class="meta">' + " · ".join(f"<b>{esc(k)}:</b> {esc(v)}" for k, v in _header_items(results))
         + "</p>",
-        *report_decision.html(results, _fmt, lambda k: _title(k, _METRIC_TITLES), _e, _html_kv,
-                              _img(images.get("systems"), "Metrics by system")),
+        *report_decision.html(results, _fmt, lambda k: _title(k, _METRIC_TITLES), esc, _html_kv,
+                              img_tag(images.get("systems"), "Metrics by system")),
         "<h2>Base vs tuned</h2>",
         "<table><thead><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>",
     ]
     if _distillation_rows(results):
-        head = "".join(f"<th>{_e(h)}</th>" for h in _DISTILL_HEADER)
-        body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>"
-                       for row in _distillation_rows(results))
-        parts += ["<h2>Teacher vs student</h2>", f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
+        parts += ["<h2>Teacher vs student</h2>", html_table(_DISTILL_HEADER, _distillation_rows(results))]
     if images.get("loss"):
-        parts += ["<h2>Loss curve</h2>", _img(images["loss"], "Training and validation loss")]
+        parts += ["<h2>Loss curve</h2>", img_tag(images["loss"], "Training and validation loss")]
     if images.get("lengths"):
-        parts += ["<h2>Sequence lengths</h2>", _img(images["lengths"], "Token lengths by split")]
+        parts += ["<h2>Sequence lengths</h2>", img_tag(images["lengths"], "Token lengths by split")]
     label_details = results.get("label_details") or {}
     if label_details:
         parts += ["<h2>Confusion matrices</h2>",
                   "<p>Rows are the reference label, columns the label the answer gave "
-                  f"(<code>{UNPARSED}</code>: no label found).</p>", _img(images.get("confusion"),
+                  f"(<code>{UNPARSED}</code>: no label found).</p>", img_tag(images.get("confusion"),
                                                                           "Confusion matrices")]
         parts += [_html_confusion(side, label_details[side])
                   for side in ("base", "tuned") if label_details.get(side)]
@@ -343,7 +321,7 @@ def _html(results: dict, images: dict[str, bytes]) -> str:
     parts += ["<h2>Training</h2>", _html_kv(_training_items(results)),
               "<h2>Artifacts</h2>", _html_kv(_artifact_items(results))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Tunesmith report: {_e(name)}</title><style>{_CSS}</style></head>\n"
+            f"<title>Tunesmith report: {esc(name)}</title><style>{_CSS}</style></head>\n"
             "<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
@@ -374,7 +352,7 @@ def write_reports(run_dir: str | Path, results: dict) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     rows = (results.get("systems") or {}).get("rows") or []
     keys = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
-    images = {"loss": loss_plot_png(run_dir / "metrics.jsonl"),
+    images = {"loss": loss_plot_png(Layout(run_dir).metrics_path),
               "systems": metric_bars_png(rows, keys, _METRIC_TITLES),
               "confusion": confusion_png(results.get("label_details") or {}),
               "lengths": lengths_png(results.get("lengths") or {}, results.get("max_length"))}

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..render import html_table
+from . import stats
+
 _COST_HEADER = ["prompt tokens / request", "latency / request", "training time", "trainable params"]
+_FLAG_STYLE = {"red": "border:2px solid #cf222e;background:#ffebe9;color:#82071e",
+               "warning": "border:2px solid #bf8700;background:#fff8c5;color:#4d2d00"}
 
 
 def _cost_cells(row: dict) -> list[str]:
+    if row["system"] == stats.MAJORITY:
+        return ["—", "—", "—", "—"]
     tokens = row.get("prompt_tokens")
     latency = row.get("latency_s")
     train = row.get("training_s")
@@ -18,8 +25,26 @@ def _cost_cells(row: dict) -> list[str]:
             f"{params:,}" if params else "0"]
 
 
+def _metric_cell(fmt: Callable, key: str, row: dict) -> str:
+    value = fmt(key, row["metrics"].get(key))
+    span = stats.span_text(key, (row.get("intervals") or {}).get(key))
+    return f"{value} [{span}]" if span else value
+
+
+def _answers_cell(row: dict) -> str:
+    answers = row.get("answers") or {}
+    parts = [f"{k} {v}" for k, v in answers.items() if k != stats.UNPARSED or v]
+    return " · ".join(parts) + (" ⚠ collapsed" if row.get("collapsed") else "")
+
+
+def _degenerate_cell(row: dict) -> str:
+    d = row.get("degenerate") or {}
+    return f"{d.get('empty', 0)} / {d.get('repetition', 0)}" + (" ⚠ collapsed" if row.get("collapsed") and
+                                                                  not row.get("answers") else "")
+
+
 def systems_rows(results: dict, fmt: Callable, title: Callable) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the side-by-side table: one row per system, metrics then cost."""
+    """Header and rows of the side-by-side table: one row per system, metrics [95% CI] then answers and cost."""
     table = results.get("systems") or {}
     rows = table.get("rows") or []
     if not rows:
@@ -27,13 +52,59 @@ def systems_rows(results: dict, fmt: Callable, title: Callable) -> tuple[list[st
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row["metrics"] if k not in keys]
-    header = ["system", *[title(k) for k in keys], *_COST_HEADER, "wrong→right / right→wrong vs base"]
+    answers = any("answers" in r for r in rows)
+    degenerate = any("degenerate" in r for r in rows)
+    header = ["system", *[f"{title(k)} [95% CI]" for k in keys], *(["answers given"] if answers else []),
+              *(["empty / looping answers"] if degenerate else []), *_COST_HEADER,
+              "wrong→right / right→wrong vs base"]
     out = []
     for row in rows:
         f = row.get("flips_vs_base")
         flips = f"{f['wrong_to_right']} / {f['right_to_wrong']}" if f else "—"
-        out.append([row["label"], *[fmt(k, row["metrics"].get(k)) for k in keys], *_cost_cells(row), flips])
+        out.append([row["label"], *[_metric_cell(fmt, k, row) for k in keys],
+                    *([_answers_cell(row)] if answers else []), *([_degenerate_cell(row)] if degenerate else []),
+                    *_cost_cells(row), flips])
     return header, out
+
+
+def delta_rows(results: dict, title: Callable) -> list[list[str]]:
+    """The paired differences with the fine-tuned model: comparison, difference, 95% CI."""
+    out = []
+    for d in (results.get("systems") or {}).get("deltas") or []:
+        key = d["metric"]
+        out.append([f"{d.get('to_label', d['to'])} − {d.get('from_label', d['from'])}", title(key),
+                    stats.gap_text(key, d["delta"], True), stats.interval_text(key, d["ci"])])
+    return out
+
+
+_DELTA_HEADER = ["comparison", "metric", "difference", "95% CI"]
+
+
+def _bootstrap_note(results: dict) -> str:
+    table = results.get("systems") or {}
+    b = table.get("bootstrap") or {}
+    if not b:
+        return ""
+    return (f"95% confidence intervals: {b['method']} ({b['resamples']} resamples, seed {b['seed']}); "
+            "a difference whose interval contains 0 is not an established difference.")
+
+
+def flag_items(results: dict) -> list[dict]:
+    """Red flags and warnings for the top of the report (collapsed model, degenerate output)."""
+    rec = results.get("recommendation") or {}
+    return rec.get("flags") or (results.get("systems") or {}).get("flags") or []
+
+
+def flags_markdown(results: dict, md_cell: Callable) -> list[str]:
+    items = flag_items(results)
+    if not items:
+        return []
+    return [*[f"> **{'🛑' if f['level'] == 'red' else '⚠'} {md_cell(f['text'])}**  " for f in items], ""]
+
+
+def flags_html(results: dict, e: Callable) -> list[str]:
+    return [f'<div class="flag {e(f["level"])}" style="{_FLAG_STYLE.get(f["level"], "")};padding:.5em 1em;'
+            f'margin:1em 0;border-radius:6px;font-weight:600">{e(f["text"])}</div>' for f in flag_items(results)]
 
 
 def recommendation_lines(results: dict) -> list[str]:
@@ -77,7 +148,7 @@ def contamination_listing(results: dict) -> list[dict]:
 
 
 def markdown(results: dict, fmt: Callable, title: Callable, md_table: Callable, md_cell: Callable) -> list[str]:
-    out: list[str] = []
+    out: list[str] = flags_markdown(results, md_cell)
     lines = recommendation_lines(results)
     if lines:
         out += ["## Recommendation", "", f"**{md_cell(lines[0])}**", ""] + [f"- {md_cell(x)}" for x in lines[1:]] + [""]
@@ -87,6 +158,11 @@ def markdown(results: dict, fmt: Callable, title: Callable, md_table: Callable, 
         out += ["## Fine-tuning vs the cheap alternatives", "",
                 f"The same {n} held-out prompts through every system.", "",
                 md_table(header, rows, numeric=False), ""]
+        deltas = delta_rows(results, title)
+        if deltas:
+            out += [md_table(_DELTA_HEADER, deltas, numeric=False), ""]
+        if _bootstrap_note(results):
+            out += [md_cell(_bootstrap_note(results)), ""]
         if results.get("baselines_skipped"):
             out += [f"Baselines not run: {md_cell(results['baselines_skipped'])}.", ""]
     items = forgetting_items(results)
@@ -107,7 +183,7 @@ def markdown(results: dict, fmt: Callable, title: Callable, md_table: Callable, 
 
 
 def html(results: dict, fmt: Callable, title: Callable, e: Callable, kv: Callable, bars_img: str) -> list[str]:
-    parts: list[str] = []
+    parts: list[str] = flags_html(results, e)
     lines = recommendation_lines(results)
     if lines:
         parts += ['<h2>Recommendation</h2><div class="rec">', f"<p><b>{e(lines[0])}</b></p><ul>",
@@ -116,10 +192,25 @@ def html(results: dict, fmt: Callable, title: Callable, e: Callable, kv: Callabl
     if rows:
         n = (results.get("systems") or {}).get("n")
         head = "".join(f"<th>{e(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+        systems = [r["system"] for r in (results.get("systems") or {}).get("rows") or []]
+
+        def tr(row, system):
+            cls = ' class="worse"' if any(f.get("system") == system and f["level"] == "red"
+                                          for f in flag_items(results)) else ""
+            return f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+        body = "".join(tr(row, s) for row, s in zip(rows, systems) if s != stats.MAJORITY)
+        # the majority-class row is a reference floor, not a system: it sits in the table's footer
+        foot = "".join(tr(row, s) for row, s in zip(rows, systems) if s == stats.MAJORITY)
         parts += ["<h2>Fine-tuning vs the cheap alternatives</h2>",
                   f"<p>The same {e(n)} held-out prompts through every system.</p>",
-                  f'<table class="systems"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>', bars_img]
+                  f'<table class="systems"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+                  + (f"<tfoot>{foot}</tfoot>" if foot else "") + "</table>"]
+        deltas = delta_rows(results, title)
+        if deltas:
+            parts.append(html_table(_DELTA_HEADER, [[str(c) for c in row] for row in deltas], attrs=' class="deltas"'))
+        if _bootstrap_note(results):
+            parts.append(f'<p class="meta">{e(_bootstrap_note(results))}</p>')
+        parts.append(bars_img)
         if results.get("baselines_skipped"):
             parts.append(f"<p>Baselines not run: {e(results['baselines_skipped'])}.</p>")
     items = forgetting_items(results)
@@ -129,17 +220,15 @@ def html(results: dict, fmt: Callable, title: Callable, e: Callable, kv: Callabl
         parts += ["<h2>Forgetting</h2>", kv(items).replace("<table>", f'<table class="{cls}">', 1)]
         examples = f.get("examples", [])
         if examples:
-            parts.append('<table class="text"><thead><tr><th>general prompt</th><th>before</th><th>after</th></tr></thead><tbody>'
-                         + "".join(f"<tr><td>{e(x['prompt'])}</td><td>{e(x['before'])}</td><td>{e(x['after'])}</td></tr>"
-                                   for x in examples) + "</tbody></table>")
+            parts.append(html_table(["general prompt", "before", "after"],
+                                    [[str(x["prompt"]), str(x["before"]), str(x["after"])] for x in examples],
+                                    attrs=' class="text"'))
     items = contamination_items(results)
     if items:
         parts += ["<h2>Contamination</h2>", kv(items)]
         listing = contamination_listing(results)
         if listing:
-            parts.append('<table class="text"><thead><tr><th>test line</th><th>train line</th><th>similarity</th><th>test text</th>'
-                         "</tr></thead><tbody>" + "".join(
-                             f"<tr><td>{e(d['test_line'])}</td><td>{e(d['train_line'])}</td>"
-                             f"<td>{d['similarity']:.2f}</td><td>{e(d['test_text'][:160])}</td></tr>" for d in listing)
-                         + "</tbody></table>")
+            parts.append(html_table(["test line", "train line", "similarity", "test text"],
+                                    [[str(d["test_line"]), str(d["train_line"]), f"{d['similarity']:.2f}",
+                                      d["test_text"][:160]] for d in listing], attrs=' class="text"'))
     return parts

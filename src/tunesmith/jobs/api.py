@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from .. import models as model_catalogue
+from ..serve.schema import ERROR_RESPONSES
 from .db import (CANCELLED, PAUSED, QUEUED, RUNNING, VALIDATING, CheckpointRow, EventRow, JobRow,
                  add_event, after_cursor, new_id, now, page, transition)
 from .errors import APIError, ErrorRoute, bad_request, not_found
@@ -19,6 +20,27 @@ from .settings import JobsContext
 
 SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_SEED = 2147483647
+MAX_DEPTH = 8             # nesting of free-form JSON a job stores and returns (integrations)
+_AUTO_OR = {"oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "number", "exclusiveMinimum": 0}]}
+_HYPERPARAMETERS = {"type": "object", "properties": {"batch_size": _AUTO_OR, "learning_rate_multiplier": _AUTO_OR,
+                                                     "n_epochs": _AUTO_OR, "beta": _AUTO_OR}}
+# the create body as OpenAI documents it (the route parses the JSON itself: unknown fields ignored)
+CREATE_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["model", "training_file"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1}, "training_file": {"type": "string", "minLength": 1},
+        "validation_file": {"type": ["string", "null"]},
+        "suffix": {"type": ["string", "null"], "pattern": SUFFIX.pattern},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
+        "metadata": {"type": ["object", "null"], "maxProperties": 16,
+                     "additionalProperties": {"type": "string", "maxLength": 512}},
+        "integrations": {"type": ["array", "null"], "maxItems": 16,
+                         "items": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}},
+        "hyperparameters": _HYPERPARAMETERS,
+        "method": {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string", "enum": ["supervised", "dpo", "reinforcement"]},
+            "supervised": {"type": "object", "properties": {"hyperparameters": _HYPERPARAMETERS}},
+            "dpo": {"type": "object", "properties": {"hyperparameters": _HYPERPARAMETERS}}}}}}}}}
 
 
 def fine_tuned_name(base: str, org: str, suffix: str | None, job_id: str) -> str:
@@ -88,6 +110,28 @@ def _training_input(ctx: JobsContext, file_id, param: str, kind: str):
     return row
 
 
+def _depth(value, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests at most ``limit`` containers deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def _check_integrations(integrations):
+    if integrations is None:
+        return None
+    if not isinstance(integrations, list) or len(integrations) > 16 or not _depth(integrations, MAX_DEPTH) \
+            or any(not isinstance(i, dict) or not isinstance(i.get("type"), str) for i in integrations):
+        raise bad_request(f"'integrations' must be a list of at most 16 objects with a string 'type' (nested at "
+                          f"most {MAX_DEPTH - 1} levels)", param="integrations")
+    return integrations
+
+
 def _check_metadata(meta):
     if meta is None:
         return None
@@ -118,9 +162,7 @@ def _create(ctx: JobsContext, body: dict) -> dict:
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise bad_request(f"Invalid 'seed': expected an integer from 0 to {MAX_SEED}", param="seed")
     meta = _check_metadata(body.get("metadata"))
-    integrations = body.get("integrations")
-    if integrations is not None and not isinstance(integrations, list):
-        raise bad_request("'integrations' must be a list", param="integrations")
+    integrations = _check_integrations(body.get("integrations"))
     job_id = new_id("ftjob-")
     template = ctx.settings.job_template()
     resolved = resolve(template, kind, hp, train.examples or 0)
@@ -172,14 +214,17 @@ def _change(ctx: JobsContext, job_id: str, allowed: tuple[str, ...], action: str
 
 def jobs_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
     """The `/v1/fine_tuning/jobs` endpoints over ``ctx`` (errors in OpenAI's envelope)."""
-    router = APIRouter(route_class=ErrorRoute, dependencies=list(dependencies), tags=["fine-tuning"])
+    router = APIRouter(route_class=ErrorRoute, dependencies=list(dependencies), tags=["fine-tuning"],
+                       responses=ERROR_RESPONSES)
 
-    @router.post("/v1/fine_tuning/jobs")
+    @router.post("/v1/fine_tuning/jobs", openapi_extra={"requestBody": CREATE_BODY})
     async def create_job(request: Request):
         try:
             body = json.loads(await request.body() or b"null")
         except (ValueError, UnicodeDecodeError):
             raise bad_request("The request body is not valid JSON") from None
+        except RecursionError:
+            raise bad_request("The request body is JSON nested too deeply") from None
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object")
         return await run_in_threadpool(_create, ctx, body)

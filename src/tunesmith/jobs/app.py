@@ -59,9 +59,12 @@ def parts_for_server(db_url: str, *, base_id: str, base_model: str, runs_dir, te
     return JobsParts(settings, worker=WorkerConfig(db_url=db_url, runs_dir=runs_dir, poll_s=poll_s) if worker else None)
 
 
-def create_app(settings: JobsSettings, *, worker: WorkerConfig | None = None, dependencies=()) -> FastAPI:
+def create_app(settings: JobsSettings, *, worker: WorkerConfig | None = None, dependencies=(),
+               max_body_mb: float = 8.0) -> FastAPI:
     """A standalone app with only the files and jobs endpoints (no inference); with ``worker`` a
-    worker thread runs while the app does."""
+    worker thread runs while the app does. Request bodies beyond ``max_body_mb`` get 413 (uploads keep
+    their own, larger limit)."""
+    from ..serve.limits import BodyLimitMiddleware
     parts = JobsParts(settings, worker=worker, dependencies=dependencies)
 
     @asynccontextmanager
@@ -79,4 +82,5 @@ def create_app(settings: JobsSettings, *, worker: WorkerConfig | None = None, de
 
     for router in parts.routers:
         app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(max_body_mb * 1024 * 1024))
     return app

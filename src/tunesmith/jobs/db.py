@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, select, text, update)
+                        create_engine, event, exists, or_, select, text, update)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from ..errors import TunesmithError
 
 # job statuses; the terminal ones never change again
 VALIDATING, QUEUED, RUNNING, PAUSED = "validating_files", "queued", "running", "paused"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-STATUSES = (VALIDATING, QUEUED, RUNNING, PAUSED, *TERMINAL)
+ACTIVE = (VALIDATING, QUEUED, RUNNING, PAUSED)        # the worker still reads these jobs' files
+STATUSES = (*ACTIVE, *TERMINAL)
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -111,8 +114,17 @@ class CheckpointRow(Base):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL journaling, a busy timeout and foreign keys."""
-    parsed = make_url(url)
+    """An engine for ``url``; SQLite files get WAL journaling, a busy timeout and foreign keys.
+
+    A URL that does not parse or names a backend that is not installed is a TunesmithError (one line).
+    """
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()            # loads the backend's driver module: an unknown scheme fails here
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as e:
+        raise TunesmithError(f"cannot use database URL {url!r} ({str(e).splitlines()[0]}); expected e.g. "
+                             "sqlite:///runs/jobs.db or postgresql+psycopg://user@host/db", field="db_url") from e
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +199,20 @@ def transition(s: Session, job_id: str, from_statuses: tuple[str, ...] | list[st
     elif held_by is not ...:
         stmt = stmt.where(JobRow.worker_id == held_by)
     return s.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount == 1
+
+
+def file_in_use(file_id):
+    """SQL condition: a job that is not finished trains on (or validates with) file ``file_id``
+    (a column or a value)."""
+    return exists(select(JobRow.id).where(or_(JobRow.training_file == file_id, JobRow.validation_file == file_id),
+                                          JobRow.status.in_(ACTIVE)))
+
+
+def jobs_using(s: Session, file_id: str) -> list[str]:
+    """Ids of the unfinished jobs that use file ``file_id``, oldest first."""
+    return list(s.scalars(select(JobRow.id).where(or_(JobRow.training_file == file_id,
+                                                      JobRow.validation_file == file_id),
+                                                  JobRow.status.in_(ACTIVE)).order_by(JobRow.seq)))
 
 
 def after_cursor(s: Session, model, after: str | None, what: str, *filters, scope: str = "") -> int | None:

@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from ..serve.limits import BodyTooLarge
+
 
 def envelope(message: str, *, type: str = "invalid_request_error", param: str | None = None,
              code: str | None = None) -> dict:
@@ -40,6 +42,10 @@ def not_found(message: str, param: str | None = None) -> APIError:
     return APIError(404, message, param=param, code=None)
 
 
+def conflict(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(409, message, param=param, code=code, headers={"x-should-retry": "false"})
+
+
 def _validation_error(err: RequestValidationError) -> APIError:
     first: dict[str, Any] = (err.errors() or [{}])[0]
     loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header", "form")]
@@ -49,9 +55,9 @@ def _validation_error(err: RequestValidationError) -> APIError:
 
 
 class ErrorRoute(APIRoute):
-    """Route class: APIError and FastAPI's request validation errors leave the route as OpenAI-shaped
-    JSON (400 instead of FastAPI's 422), whatever app mounts the router. Other exceptions (e.g. an
-    authentication dependency's own error) go on to the app's exception handlers."""
+    """Route class: APIError, an over-large body (413) and FastAPI's request validation errors leave
+    the route as OpenAI-shaped JSON (400 instead of FastAPI's 422), whatever app mounts the router.
+    Other exceptions (e.g. an authentication dependency's own error) go on to the app's handlers."""
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
@@ -59,8 +65,10 @@ class ErrorRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except APIError as e:
+            except (APIError, BodyTooLarge) as e:
                 return e.response()
             except RequestValidationError as e:
                 return _validation_error(e).response()
+            except RecursionError:             # deeply nested JSON reached recursive code
+                return bad_request("The request holds JSON nested too deeply").response()
         return route

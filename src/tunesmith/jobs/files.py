@@ -1,4 +1,5 @@
-"""`/v1/files`: multipart upload with a size limit and JSONL validation, list, get, delete, content."""
+"""`/v1/files`: multipart upload with a size limit and JSONL validation, list, get, delete (not while
+an unfinished fine-tuning job uses the file), content."""
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,10 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from ..errors import TunesmithError
-from .db import FileRow, after_cursor, new_id, now, page
-from .errors import APIError, ErrorRoute, bad_request, not_found
+from ..serve.limits import BodyTooLarge, limited_request
+from ..serve.schema import ERROR_RESPONSES
+from .db import FileRow, after_cursor, file_in_use, jobs_using, new_id, now, page
+from .errors import APIError, ErrorRoute, bad_request, conflict, not_found
 from .settings import JobsContext
 
 PURPOSES = ("fine-tune", "batch", "assistants", "vision", "user_data", "evals")
@@ -28,6 +31,14 @@ EXPECTED_FORMATS = ("chat 'messages', 'prompt'+'completion', or preference "
                     "'input'+'preferred_output'+'non_preferred_output'")
 MAX_REPORTED = 5          # bad lines named in one error message
 _MULTIPART_SLACK = 64 * 1024
+# the upload form as OpenAI documents it (the route reads the multipart body itself, under its own limit)
+UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": list(PURPOSES)},
+                   "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                   "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000}}}}}}
+RAW_BYTES = {200: {"description": "The file's bytes",
+                   "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def file_object(row: FileRow) -> dict:
@@ -50,6 +61,9 @@ def validate_fine_tune_file(path: Path, filename: str) -> tuple[str, int]:
     except TunesmithError as e:
         raise bad_request(f"Invalid file format for fine-tune: {str(e).replace(spec, filename)}",
                           param="file", code="invalid_file_format") from None
+    except RecursionError:
+        raise bad_request(f"Invalid file format for fine-tune in {filename}: a line holds JSON nested too "
+                          "deeply", param="file", code="invalid_file_format") from None
     if result.errors:
         shown = "; ".join(f"line {e['line']}: {e['message']}" for e in result.errors[:MAX_REPORTED])
         more = len(result.errors) - MAX_REPORTED
@@ -130,11 +144,10 @@ def _expiry(form, created: int) -> int | None:
 
 
 def get_file(ctx: JobsContext, file_id: str, param: str | None = None) -> FileRow:
-    """The file row, or 404; an expired file is removed on sight."""
+    """The file row, or 404; an expired file is removed on sight (kept while an unfinished job uses it)."""
     with ctx.db.session() as s:
         row = s.scalar(select(FileRow).where(FileRow.id == file_id))
-    if row is not None and row.expires_at is not None and row.expires_at <= now():
-        _remove(ctx, row)
+    if row is not None and row.expires_at is not None and row.expires_at <= now() and _remove(ctx, row):
         row = None
     if row is None:
         raise not_found(f"No such File object: {file_id}", param=param)
@@ -142,9 +155,12 @@ def get_file(ctx: JobsContext, file_id: str, param: str | None = None) -> FileRo
 
 
 def _remove(ctx: JobsContext, row: FileRow) -> bool:
+    """Delete the file's row and bytes unless an unfinished job uses it (one statement: a job that
+    starts using it meanwhile either sees it or fails its file validation); returns whether it went."""
     with ctx.db.session() as s:
-        gone = s.execute(delete(FileRow).where(FileRow.id == row.id)).rowcount == 1
-    Path(row.path).unlink(missing_ok=True)
+        gone = s.execute(delete(FileRow).where(FileRow.id == row.id, ~file_in_use(FileRow.id))).rowcount == 1
+    if gone:
+        Path(row.path).unlink(missing_ok=True)
     return gone
 
 
@@ -158,16 +174,20 @@ def _purge_expired(ctx: JobsContext) -> None:
 
 def files_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
     """The `/v1/files` endpoints over ``ctx`` (errors in OpenAI's envelope)."""
-    router = APIRouter(route_class=ErrorRoute, dependencies=list(dependencies), tags=["files"])
+    router = APIRouter(route_class=ErrorRoute, dependencies=list(dependencies), tags=["files"],
+                       responses=ERROR_RESPONSES)
 
-    @router.post("/v1/files")
+    @router.post("/v1/files", openapi_extra={"requestBody": UPLOAD_BODY})
     async def create_file(request: Request):
         limit = ctx.settings.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
             raise _too_large(int(declared), limit)
+        request = limited_request(request, limit + _MULTIPART_SLACK)    # chunked bodies: counted as read
         try:
             form = await request.form(max_files=1, max_fields=16)
+        except BodyTooLarge as e:
+            raise _too_large(e.seen, limit) from None
         except (HTTPException, MultiPartException, AssertionError) as e:   # not multipart, or malformed
             raise bad_request(f"Expected a multipart/form-data body with 'file' and 'purpose' ({e})",
                               param="file") from None
@@ -204,10 +224,17 @@ def files_router(ctx: JobsContext, *, dependencies=()) -> APIRouter:
     def delete_file(file_id: str):
         row = get_file(ctx, file_id)
         if not _remove(ctx, row):
+            with ctx.db.session() as s:
+                users = jobs_using(s, file_id)
+            if users:
+                raise conflict(f"File {file_id} cannot be deleted: the unfinished fine-tuning job"
+                               f"{'s' if len(users) > 1 else ''} {', '.join(users[:5])} "
+                               f"{'use' if len(users) > 1 else 'uses'} it. Cancel the job or wait for it to "
+                               "finish, then delete the file.", param="file_id", code="file_in_use")
             raise not_found(f"No such File object: {file_id}")
         return {"id": file_id, "object": "file", "deleted": True}
 
-    @router.get("/v1/files/{file_id}/content")
+    @router.get("/v1/files/{file_id}/content", response_class=FileResponse, responses=RAW_BYTES)
     def file_content(file_id: str):
         row = get_file(ctx, file_id)
         if not Path(row.path).is_file():

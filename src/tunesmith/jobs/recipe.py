@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..config import ObjectiveConfig, TrainConfig, load_recipe
+from ..config import TrainConfig, load_recipe, merge_settings
+from ..config_methods import config_class
 from ..errors import TunesmithError
 from .errors import bad_request
 from .settings import deep_merge
@@ -106,7 +107,7 @@ def resolve(template: dict, kind: str, hp: dict, n_examples: int) -> dict:
         out["learning_rate_multiplier"] = 1.0
     if kind == "dpo":
         beta = hp.get("beta", "auto")
-        out["beta"] = template.get("objective", {}).get("beta", ObjectiveConfig.model_fields["beta"].default) \
+        out["beta"] = template.get("objective", {}).get("beta", config_class("objective", "dpo").model_fields["beta"].default) \
             if beta == "auto" else beta
     return out
 
@@ -124,7 +125,7 @@ def job_recipe(template: dict, *, job_id: str, model: str, kind: str, data_forma
                           f"{lr:g}; expected a learning rate below 1 (the base rate is {base_lr(template):g})",
                           param=f"{where}.learning_rate_multiplier", code="invalid_hyperparameter")
     objective: dict[str, Any] = {"name": "dpo", "beta": hp["beta"]} if kind == "dpo" else {"name": "sft"}
-    recipe = deep_merge(template, {
+    recipe = merge_settings(template, {
         "name": job_id, "task": "preference" if kind == "dpo" else "sft",
         "model": {"name": model},
         "data": {"format": data_format},

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ from sqlalchemy import delete, select, update
 
 from ..errors import TunesmithError
 from ..fsutil import atomic_write_text, sha256_file
+from ..rundir import Layout, Run, is_run_dir
 from .api import fine_tuned_name
 from .db import (CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, VALIDATING, CheckpointRow, Database,
                  FileRow, JobRow, add_event, new_id, now, transition)
@@ -59,11 +59,6 @@ def _dead_here(owner: str) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def _run_number(path: Path) -> int:
-    tail = path.name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
 
 
 class Worker:
@@ -251,7 +246,10 @@ class _JobRun:
                 self.run_dir = resume_dir
                 path = pipeline.run(None, resume_dir=resume_dir, on_step=self.on_step, on_eval=self.on_eval)
             else:
-                path = pipeline.run(self._recipe(), on_step=self.on_step, on_eval=self.on_eval)
+                prepared = pipeline.prepare(self._recipe())
+                self.run_dir = prepared.path
+                self._record_run_dir()
+                path = pipeline.run(prepared, on_step=self.on_step, on_eval=self.on_eval)
             self._succeed(Path(path))
         except _Stop as e:
             self._stopped(e)
@@ -267,13 +265,17 @@ class _JobRun:
     def _resumable(self) -> tuple[Path | None, int]:
         """The run of an earlier attempt with a checkpoint to continue from, and its step."""
         from ..train import checkpoint
-        candidates = [Path(self.job.run_dir)] if self.job.run_dir and Path(self.job.run_dir).is_dir() else \
-            sorted(self.w.runs_dir.glob(f"{self.job.id}-[0-9]*"), key=_run_number)[-1:]
-        for run_dir in candidates:
-            last = checkpoint.latest(run_dir / "checkpoints")
-            if last is not None and (run_dir / "recipe.yaml").is_file():
-                return run_dir, json.loads((last / "state.json").read_text())["step"]
-        return None, 0
+        if not self.job.run_dir or not is_run_dir(self.job.run_dir):
+            return None, 0
+        run_dir = Path(self.job.run_dir)
+        step = checkpoint.latest_step(Layout(run_dir).checkpoints)
+        return (run_dir, step) if step is not None else (None, 0)
+
+    def _record_run_dir(self) -> None:
+        """Store the run directory as soon as it exists, so a restart resumes exactly that run."""
+        with self.db.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == self.job.id, JobRow.worker_id == self.w.id)
+                      .values(run_dir=str(self.run_dir)).execution_options(synchronize_session=False))
 
     def _recipe(self) -> dict:
         for param in ("training_file", "validation_file"):
@@ -293,8 +295,6 @@ class _JobRun:
     def on_step(self, record: dict) -> None:
         step = record["step"]
         t = time.time()
-        if self.run_dir is None:
-            self.run_dir = max(self.w.runs_dir.glob(f"{self.job.id}-[0-9]*"), key=_run_number)
         if self.total is None:
             self.total = self._total_steps()
         self.total = max(self.total, step)
@@ -346,9 +346,9 @@ class _JobRun:
     # ---- progress bookkeeping ----------------------------------------------------------------
 
     def _total_steps(self) -> int:
-        from ..config import load_recipe
-        cfg = load_recipe(self.run_dir / "recipe.yaml").train
-        n = json.loads((self.run_dir / "data" / "manifest.json").read_text())["counts"]["train"]
+        run = Run(self.run_dir)
+        cfg = run.recipe.train
+        n = (run.load_json("data/manifest.json") or {}).get("counts", {}).get("train", 0)
         micro = max(1, round(math.ceil(n / cfg.batch_size) * cfg.epochs))
         if cfg.max_steps:
             micro = min(micro, cfg.max_steps * cfg.grad_accum)
@@ -357,21 +357,19 @@ class _JobRun:
     def _logged_metrics(self) -> dict[int, dict]:
         """step -> {train_loss, valid_loss} from the run's metrics.jsonl (covers earlier attempts)."""
         out: dict[int, dict] = {}
-        path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    key = "train_loss" if rec.get("type") == "train" else "valid_loss"
-                    out.setdefault(rec["step"], {})[key] = rec.get("loss" if key == "train_loss" else "val_loss")
+        for rec in Layout(self.run_dir).metrics():
+            if "step" not in rec:
+                continue
+            key = "train_loss" if rec.get("type") == "train" else "valid_loss"
+            out.setdefault(rec["step"], {})[key] = rec.get("loss" if key == "train_loss" else "val_loss")
         return out
 
     def _sync_checkpoints(self) -> None:
         """Record checkpoints the loop has saved since the last look (rows + an event each)."""
         if self.run_dir is None:
             return
-        saved = {int(p.name[5:]): p for p in (self.run_dir / "checkpoints").glob("step-*")
-                 if (p / "state.json").is_file() and p.name[5:].isdigit()}
+        from ..train import checkpoint
+        saved = checkpoint.saved_steps(Layout(self.run_dir).checkpoints)
         if saved:
             self.latest_ckpt = max(saved)
         new = sorted(set(saved) - self.recorded)
@@ -397,7 +395,7 @@ class _JobRun:
     def _succeed(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._sync_checkpoints()
-        info = json.loads((run_dir / "train.json").read_text())
+        info = Layout(run_dir).load_json("train.json") or {}
         result_file = self._results_file(run_dir)
         with self.db.session() as s:
             if transition(s, self.job.id, _ACTIVE, held_by=self.w.id, status=SUCCEEDED,
@@ -427,10 +425,9 @@ class _JobRun:
         if train_path is None:
             return None
         rows: dict[int, dict] = {}
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            if not line.strip():
+        for rec in Layout(run_dir).metrics():
+            if "step" not in rec:
                 continue
-            rec = json.loads(line)
             row = rows.setdefault(rec["step"], {"step": rec["step"]})
             if rec.get("type") == "train":
                 row.update(train_loss=rec["loss"], learning_rate=rec.get("lr"), tokens=rec.get("tokens"))

@@ -73,6 +73,9 @@ class Adapter:
     name = "adapter"
     mergeable = False
     has_adapter = True
+    peft_adapter = False    # save() writes a peft adapter folder (PeftModel.from_pretrained loads it)
+    shares_base = False     # a server can load it beside other adapters on one shared base
+    virtual_tokens = False  # it adds virtual tokens to the input (a plain decoder cannot serve it)
 
     def apply(self, model, cfg, calibration=None) -> torch.nn.Module:
         insert_adapters(model, adapter_targets(model), cfg.adapter_size)

@@ -25,6 +25,9 @@ class Method(Protocol):
     name: str
     mergeable: bool       # whether merge() folds the tuned weights into a plain model
     has_adapter: bool     # whether save() writes a separate adapter (else full/partial weights)
+    peft_adapter: bool    # whether that adapter is a peft adapter folder
+    shares_base: bool     # whether a server can load it beside other adapters on one shared base
+    virtual_tokens: bool  # whether it adds virtual tokens to the input (not servable by a plain decoder)
 
     def apply(self, model, cfg, calibration=None) -> torch.nn.Module: ...
     def save(self, model, out_dir: Path) -> None: ...

@@ -10,6 +10,9 @@ class Full:
     name = "full"
     mergeable = True
     has_adapter = False
+    peft_adapter = False    # save() writes a peft adapter folder (PeftModel.from_pretrained loads it)
+    shares_base = False     # a server can load it beside other adapters on one shared base
+    virtual_tokens = False  # it adds virtual tokens to the input (a plain decoder cannot serve it)
 
     def apply(self, model, cfg, calibration=None):
         for p in model.parameters():

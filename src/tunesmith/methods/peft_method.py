@@ -19,6 +19,9 @@ class PeftMethod:
     name = "peft"
     mergeable = True
     has_adapter = True
+    peft_adapter = True    # save() writes a peft adapter folder (PeftModel.from_pretrained loads it)
+    shares_base = False     # a server can load it beside other adapters on one shared base
+    virtual_tokens = False  # it adds virtual tokens to the input (a plain decoder cannot serve it)
     why_not_mergeable = ""
 
     def peft_config(self, model, cfg):

@@ -111,6 +111,9 @@ class Sparse:
     """
 
     name = "sparse"
+    peft_adapter = False    # save() writes a peft adapter folder (PeftModel.from_pretrained loads it)
+    shares_base = False     # a server can load it beside other adapters on one shared base
+    virtual_tokens = False  # it adds virtual tokens to the input (a plain decoder cannot serve it)
     mergeable = True
     has_adapter = True
 

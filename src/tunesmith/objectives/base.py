@@ -22,7 +22,8 @@ class Objective(Protocol):
       * ``after_method(model) -> model``: runs after the method is applied and before the optimizer
         is built (e.g. keep a new head trainable whatever the method froze).
       * ``save_extra(model, out_dir)`` / ``load_extra(model, in_dir) -> model``: weights the
-        objective owns (e.g. a new head), saved next to the method's adapter/weights.
+        objective owns (e.g. a new head), saved next to the method's adapter/weights;
+        ``load_meta(in_dir)``: what a fresh objective must know before ``attach`` on reload (labels).
       * ``evaluate(model, tokenizer, examples, items, recipe) -> dict``: task evaluation replacing
         generation-based metrics; returns ``{"metrics": {...}, "predictions": [...], ...}``.
       * ``mergeable`` (bool attribute, default True): whether a merged plain transformers model
@@ -30,6 +31,10 @@ class Objective(Protocol):
     """
 
     name: str
+    generates_text: bool       # the tuned model answers in text (else a head predicts labels)
+    compares_baselines: bool   # judged against zero-shot / few-shot / RAG on the task metric
+    trains_on_text: bool       # plain general text can be mixed into its training (replay)
+    own_model: bool            # the tuned model is a new model, not the recipe's base plus the method
 
     def build(self, splits: dict, tokenizer, recipe) -> tuple[dict, dict]: ...
     def collate(self, items: list, pad_id: int) -> dict: ...

@@ -57,6 +57,10 @@ class ClassificationObjective:
     """
 
     name = "classification"
+    generates_text = False       # the tuned model answers in text (else it predicts with its own head)
+    compares_baselines = True   # judged against zero-shot / few-shot / RAG on the task metric
+    trains_on_text = False       # plain text can be mixed into its training (forgetting.replay)
+    own_model = False            # the tuned model is a new model (not the recipe's base plus the method)
     mergeable = False   # transformers cannot load the head from a plain CausalLM directory
 
     def __init__(self, labels: Sequence[str] | None = None, *, data_cfg=None, seed: int = 0,
@@ -203,6 +207,15 @@ class ClassificationObjective:
         atomic_write_json(out_dir / HEAD_META, {"labels": self.labels, "hidden_size": head.in_features,
                                                 "pooling": "last_token", "max_length": self.max_length})
 
+    def load_meta(self, in_dir: Path) -> None:
+        """Learn the saved head's label set (so ``attach`` can build it before the weights load)."""
+        meta = Path(in_dir) / HEAD_META
+        try:
+            self.labels = list(json.loads(meta.read_text())["labels"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise TunesmithError(f"no readable classification head metadata; expected {HEAD_META}",
+                                 file=str(meta)) from None
+
     def load_extra(self, model, in_dir: Path):
         """Attach (if needed) and load the saved head, checking labels and shapes."""
         from ..methods.base import load_tensors
@@ -293,7 +306,7 @@ class ClassificationObjective:
         if not labelled:
             return result
         if which == "base":
-            from ..eval.generate import generate
+            from ..generation import generate
             answers = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens,
                                batch_size=recipe.eval.batch_size)
             preds = [{"prediction": a} for a in answers]

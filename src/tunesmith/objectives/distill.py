@@ -130,6 +130,10 @@ class DistillObjective:
     """
 
     name = "distill"
+    generates_text = True       # the tuned model answers in text (else it predicts with its own head)
+    compares_baselines = False   # judged against zero-shot / few-shot / RAG on the task metric
+    trains_on_text = False       # plain text can be mixed into its training (forgetting.replay)
+    own_model = True            # the tuned model is a new model (not the recipe's base plus the method)
     mergeable = True     # the student is a plain transformers model; the projection is not exported
 
     def __init__(self, teacher: str | None = None, student: str = "half", kd: str = "response",
@@ -360,8 +364,7 @@ def tokens_per_second(model, tokenizer, prompts: list, max_new_tokens: int, batc
     and student generate the same number of tokens and the comparison measures speed, not answer
     length. One short warm-up call runs first; adapters are merged as at evaluation.
     """
-    from ..eval.evaluate import merged_for_inference
-    from ..eval.generate import _inference, eos_token_ids, pad_token_id, render_prompt
+    from ..generation import eos_token_ids, inference, merged_for_inference, pad_token_id, render_prompt
     texts = [render_prompt(tokenizer, p) for p in prompts]
     device = next(model.parameters()).device
     eos, pad = eos_token_ids(tokenizer, model), pad_token_id(tokenizer)
@@ -372,7 +375,7 @@ def tokens_per_second(model, tokenizer, prompts: list, max_new_tokens: int, batc
                              use_cache=True, pad_token_id=pad, eos_token_id=eos)
         return int(out[:, enc["input_ids"].shape[1]:].numel())
 
-    with _inference(model, tokenizer), merged_for_inference(model):
+    with inference(model, tokenizer), merged_for_inference(model):
         run(texts[:1], 2)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

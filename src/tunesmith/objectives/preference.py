@@ -129,6 +129,10 @@ class _PreferenceObjective:
     """Data, batching and evaluation shared by DPO and ORPO; subclasses define the loss."""
 
     name = "preference"
+    generates_text = True       # the tuned model answers in text (else it predicts with its own head)
+    compares_baselines = False   # judged against zero-shot / few-shot / RAG on the task metric
+    trains_on_text = False       # plain text can be mixed into its training (forgetting.replay)
+    own_model = False            # the tuned model is a new model (not the recipe's base plus the method)
     mergeable = True
 
     def __init__(self, beta: float = 0.1, max_length: int = 512, batch_size: int = 8):

@@ -39,6 +39,10 @@ class SFTObjective:
     """
 
     name = "sft"
+    generates_text = True       # the tuned model answers in text (else it predicts with its own head)
+    compares_baselines = True   # judged against zero-shot / few-shot / RAG on the task metric
+    trains_on_text = True       # plain text can be mixed into its training (forgetting.replay)
+    own_model = False            # the tuned model is a new model (not the recipe's base plus the method)
 
     def __init__(self, label_smoothing: float = 0.0, neftune_alpha: float | None = None):
         self.label_smoothing = label_smoothing

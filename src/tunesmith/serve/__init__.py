@@ -1,8 +1,14 @@
 """`tunesmith serve`: an OpenAI-compatible inference server for the base model and every fine-tuned run."""
 from __future__ import annotations
 
-from .registry import ModelSource, RunsSource, ServedModel
 from .settings import ServeSettings
+
+
+def __getattr__(name):   # the registry (and torch with it) loads on first use: `serve --help` stays light
+    if name in ("ModelSource", "RunsSource", "ServedModel"):
+        from . import registry
+        return getattr(registry, name)
+    raise AttributeError(name)
 
 
 def create_app(settings: ServeSettings, *, sources=(), routers=(), lifespans=()):

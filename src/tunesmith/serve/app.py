@@ -12,17 +12,20 @@ from contextlib import ExitStack, asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import TunesmithError
-from .engine import Engine, Event, GenerationRequest, SamplingParams, TokenLogprob
+from .engine import Engine, Event, GenerationRequest, InvalidParameter, SamplingParams, TokenLogprob
+from .limits import BodyLimitMiddleware
 from .metrics import Metrics
 from .registry import ModelInfo, ModelSource, Registry
-from .schema import ChatCompletionRequest, CompletionRequest, OpenAIError, bad_request
+from .schema import ERROR_RESPONSES, ChatCompletionRequest, CompletionRequest, OpenAIError, bad_request
 from .settings import ServeSettings
+from .tokens import TokenText
 
 MAX_CHOICES = 128
+NESTED = "The JSON body is nested too deeply."
 
 
 # ---- errors ----------------------------------------------------------------------------------------------
@@ -32,6 +35,8 @@ def _as_openai(err: BaseException) -> OpenAIError:
         return err
     if isinstance(err, TunesmithError):
         return bad_request(str(err))
+    if isinstance(err, RecursionError):        # a deeply nested body reached recursive code
+        return bad_request(NESTED, code="invalid_json")
     return OpenAIError(500, f"The server had an error while processing your request: {type(err).__name__}: {err}",
                        type="server_error")
 
@@ -78,6 +83,8 @@ def _install_errors(app: FastAPI, metrics: Metrics) -> None:
             err = detail["error"]
             return respond(OpenAIError(exc.status_code, err.get("message", ""), type=err.get("type", "invalid_request_error"),
                                        code=err.get("code"), param=err.get("param")), exc.headers)
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):   # json.loads gave up
+            return respond(bad_request(NESTED, code="invalid_json"), exc.headers)
         if exc.status_code == 404 and detail in (None, "Not Found"):
             message, code = f"Invalid URL ({request.method} {request.url.path})", "not_found"
         elif exc.status_code == 405:
@@ -112,6 +119,31 @@ def _auth(keys: Sequence[str]):
             shown = token.strip()[:3] + "***" + token.strip()[-2:] if len(token.strip()) > 6 else "***"
             raise OpenAIError(401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
     return check
+
+
+class _CountRequests:
+    """Counts answered requests by route and status (pure ASGI middleware)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def send_counted(message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            if status:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.metrics.requests.labels(endpoint=route, status=str(status[0])).inc()
 
 
 # ---- the bridge between the engine thread and asyncio ------------------------------------------------------
@@ -217,14 +249,20 @@ class _Job:
 
 # ---- request checks shared by both endpoints ---------------------------------------------------------------
 
-def _sampling(body, info: ModelInfo, max_tokens: int, logprobs: bool, top: int) -> SamplingParams:
+def _sampling(body, info: ModelInfo, dec: TokenText, max_tokens: int, logprobs: bool, top: int) -> SamplingParams:
+    """The request's sampling parameters, every one checked (400 naming it) before it may join a batch."""
     if info.kind == "gguf" and (logprobs or body.logit_bias):
         raise bad_request("logprobs and logit_bias are not available for GGUF models (llama.cpp backend)",
                           param="logprobs" if logprobs else "logit_bias")
-    return SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-                          top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops(),
-                          logprobs=logprobs, top_logprobs=top, presence_penalty=body.presence_penalty or 0.0,
-                          frequency_penalty=body.frequency_penalty or 0.0, logit_bias=body.bias())
+    params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+                            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops(),
+                            logprobs=logprobs, top_logprobs=top, presence_penalty=body.presence_penalty or 0.0,
+                            frequency_penalty=body.frequency_penalty or 0.0, logit_bias=body.bias())
+    try:
+        params.check(dec.vocab_size())
+    except InvalidParameter as e:
+        raise bad_request(str(e), param=e.param, code="invalid_value") from None
+    return params
 
 
 def _budget(requested: int | None, prompt_len: int, context: int, default: int, param: str,
@@ -244,37 +282,56 @@ def _budget(requested: int | None, prompt_len: int, context: int, default: int, 
     return requested
 
 
-def _render_chat(dec, messages: list[dict]) -> list[int]:
-    with dec.lock:
-        try:
-            text = dec.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as e:   # jinja errors raised by templates (e.g. role order rules)
-            raise bad_request(f"the model's chat template rejected the messages: {e}", param="messages") from None
-        return dec.tokenizer(text, add_special_tokens=False)["input_ids"]
+def _check_chars(dec: TokenText, chars: int, context: int, param: str) -> None:
+    """400 before tokenising a text that cannot fit in the context (bounds the tokenizer's work)."""
+    limit = dec.max_chars(context)
+    if chars > limit:
+        raise bad_request(f"This model's maximum context length is {context} tokens, but the {param} have "
+                          f"{chars:,} characters (at most {limit:,} characters can fit).", param=param,
+                          code="context_length_exceeded")
 
 
-def _encode_prompts(dec, prompt) -> tuple[list[list[int]], list[str]]:
+def _render_chat(dec: TokenText, messages: list[dict], context: int) -> list[int]:
+    _check_chars(dec, sum(len(m["content"]) for m in messages), context, "messages")
+    try:
+        text = dec.render_chat(messages)
+    except Exception as e:   # jinja errors raised by templates (e.g. role order rules)
+        raise bad_request(f"the model's chat template rejected the messages: {e}", param="messages") from None
+    _check_chars(dec, len(text), context, "messages")
+    return dec.encode(text, add_special_tokens=False)
+
+
+def _encode_prompts(dec: TokenText, prompt, context: int, echo: bool) -> tuple[list[list[int]], list[str]]:
     """Completions prompts as token lists plus their texts (for echo)."""
     if isinstance(prompt, str):
         prompt = [prompt]
     elif prompt and all(isinstance(t, int) for t in prompt):
         prompt = [prompt]
+    if len(prompt) > MAX_CHOICES:
+        raise bad_request(f"at most {MAX_CHOICES} prompts per request", param="prompt")
     ids, texts = [], []
-    vocab = len(dec.tokenizer)
-    with dec.lock:
-        for p in prompt:
-            if isinstance(p, str):
-                toks = dec.tokenizer(p, add_special_tokens=True)["input_ids"]
-                if not toks:
-                    raise bad_request("prompt must not be empty", param="prompt")
-                ids.append(toks)
-                texts.append(p)
-            else:
-                if any(not 0 <= t < vocab for t in p):
-                    raise bad_request(f"token ids in the prompt must be between 0 and {vocab - 1}", param="prompt")
-                ids.append(list(p))
-                texts.append(dec.tokenizer.decode(p, skip_special_tokens=False))
+    vocab = dec.vocab_size()
+    for p in prompt:
+        if isinstance(p, str):
+            _check_chars(dec, len(p), context, "prompt")
+            toks = dec.encode(p, add_special_tokens=True)
+            if not toks:
+                raise bad_request("prompt must not be empty", param="prompt")
+            ids.append(toks)
+            texts.append(p)
+        else:
+            if len(p) >= context:
+                raise bad_request(f"This model's maximum context length is {context} tokens, but the prompt has "
+                                  f"{len(p)} tokens.", param="prompt", code="context_length_exceeded")
+            if any(not 0 <= t < vocab for t in p):
+                raise bad_request(f"token ids in the prompt must be between 0 and {vocab - 1}", param="prompt")
+            ids.append(list(p))
+            texts.append(dec.tokenizer.decode(p, skip_special_tokens=False) if echo else "")
     return ids, texts
+
+
+# `stream: true` answers server-sent events; documented beside the JSON body
+STREAMED: dict = {200: {"content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}}}}
 
 
 def _streaming_response(gen) -> StreamingResponse:
@@ -314,16 +371,15 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
     app.state.settings, app.state.registry, app.state.engine, app.state.metrics = settings, registry, engine, metrics
     _install_errors(app, metrics)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.requests.labels(endpoint=getattr(route, "path", "unmatched"), status=str(response.status_code)).inc()
-        return response
+    # pure ASGI middleware (no task groups: an error raised while a body is read reaches the handlers
+    # as itself). Outermost: every body is counted while it is read; routes with their own limit (file
+    # uploads) raise it with `limits.limited_request` before reading.
+    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mb * 1024 * 1024))
 
     state = app.state
     auth = Depends(_auth(settings.api_keys))
-    v1 = APIRouter(prefix="/v1", dependencies=[auth])
+    v1 = APIRouter(prefix="/v1", dependencies=[auth], responses=ERROR_RESPONSES)
 
     async def lookup(model_id: str) -> ModelInfo:
         return await run_in_threadpool(registry.get, model_id)
@@ -337,7 +393,7 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
     async def get_model(model_id: str):
         return (await lookup(model_id)).card()
 
-    @v1.post("/chat/completions")
+    @v1.post("/chat/completions", responses=STREAMED)
     async def chat_completions(body: ChatCompletionRequest):
         info = await lookup(body.model)
         if body.tools and body.tool_choice != "none":
@@ -349,13 +405,13 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
             raise bad_request("top_logprobs requires logprobs to be true", param="top_logprobs")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         dec = await run_in_threadpool(registry.decoder, info)
-        prompt = await run_in_threadpool(_render_chat, dec, messages)
         context = await run_in_threadpool(registry.context_length, info)
+        prompt = await run_in_threadpool(_render_chat, dec, messages, context)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_new = _budget(requested, len(prompt), context, settings.default_max_tokens,
                           "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
                           "messages")
-        params = _sampling(body, info, max_new, bool(body.logprobs), body.top_logprobs or 0)
+        params = _sampling(body, info, dec, max_new, bool(body.logprobs), body.top_logprobs or 0)
         n = body.n or 1
         job = _Job(state, "/v1/chat/completions", body.model, [prompt], params, n)
         await job.start()
@@ -370,7 +426,7 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
         return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
                 "system_fingerprint": None, "choices": choices, "usage": job.usage()}
 
-    @v1.post("/completions")
+    @v1.post("/completions", responses=STREAMED)
     async def completions(body: CompletionRequest):
         info = await lookup(body.model)
         if body.suffix:
@@ -381,13 +437,13 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
         if body.echo and body.logprobs is not None:
             raise bad_request("echo together with logprobs is not supported", param="echo")
         dec = await run_in_threadpool(registry.decoder, info)
-        prompts, texts = await run_in_threadpool(_encode_prompts, dec, body.prompt)
+        context = await run_in_threadpool(registry.context_length, info)
+        prompts, texts = await run_in_threadpool(_encode_prompts, dec, body.prompt, context, bool(body.echo))
         if len(prompts) * n > MAX_CHOICES:
             raise bad_request(f"at most {MAX_CHOICES} choices (prompts x n) per request", param="n")
-        context = await run_in_threadpool(registry.context_length, info)
         max_new = min(_budget(body.max_tokens, len(p), context, 16, "max_tokens", "prompt") for p in prompts)
         logprobs = body.logprobs is not None
-        params = _sampling(body, info, max_new, logprobs, body.logprobs or 0)
+        params = _sampling(body, info, dec, max_new, logprobs, body.logprobs or 0)
         job = _Job(state, "/v1/completions", body.model, prompts, params, n)
         await job.start()
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -404,14 +460,17 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
 
     app.include_router(v1)
     for router in routers:
-        app.include_router(router, dependencies=[auth])
+        app.include_router(router, dependencies=[auth], responses=ERROR_RESPONSES)
+    if settings.ui:             # the web dashboard at /ui (its own sign-in: the same keys, in a cookie)
+        from .dashboard import mount
+        mount(app, settings)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "base_model": settings.base_id, "loaded": registry.loaded(),
                 "queue_depth": engine.queue_depth(), "running": engine.running}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
         data, ctype = metrics.render()
         return Response(content=data, media_type=ctype)

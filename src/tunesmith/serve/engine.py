@@ -1,221 +1,22 @@
-"""Generation engine: batched decoding with per-request sampling, stop strings, logprobs, streaming."""
+"""Generation engine: batched decoding with per-request sampling, stop strings, logprobs, streaming.
+
+One request's failure (its seed, logit bias, sampling, stop handling, prefill) ends that request
+only; the batch goes on for the others."""
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence as Seq
-from dataclasses import dataclass, field
 
 import torch
 
-# ---- requests and events --------------------------------------------------------------------------
+from .sampling import (GREEDY_BELOW, Event, GenerationRequest, GenSequence, InvalidParameter, SamplingParams,
+                       TokenLogprob)
+from .tokens import TokenText
 
-
-@dataclass
-class SamplingParams:
-    """What one request asks of the decoder (OpenAI semantics)."""
-
-    max_tokens: int
-    temperature: float = 1.0          # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False
-    top_logprobs: int = 0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass
-class TokenLogprob:
-    """One generated token's log-probability (raw model distribution) and its top alternatives."""
-
-    token: str
-    logprob: float
-    bytes: list[int]
-    offset: int                                            # character offset in the choice's text
-    top: list[tuple[str, float, list[int]]] = field(default_factory=list)
-
-
-@dataclass
-class Event:
-    """What the engine tells a request: ``start`` (batch began), ``delta`` (new text), ``finish``
-    (one choice ended) or ``error``."""
-
-    kind: str
-    index: int = 0
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: BaseException | None = None
-
-
-class GenerationRequest:
-    """One API request: one or more prompts, ``n`` choices each, a sink for events.
-
-    ``emit(event)`` is called from the engine thread; it must be thread-safe and must not block.
-    Choice ``index`` is ``prompt_number * n + j``; choice ``j`` samples with seed ``seed + j``.
-    """
-
-    def __init__(self, model_id: str, prompts: Seq[Seq[int]], params: SamplingParams,
-                 emit: Callable[[Event], None], n: int = 1):
-        if not prompts or n < 1:
-            raise ValueError("a request needs at least one prompt and n >= 1")
-        self.model_id = model_id
-        self.params = params
-        self.emit = emit
-        self.n = n
-        self.cancelled = False
-        self.enqueued_at = time.perf_counter()
-        self.first_token_at: float | None = None
-        self.prompt_tokens = sum(len(p) for p in prompts)
-        base_seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(6), "little")
-        self.sequences = [GenSequence(self, p_i * n + j, list(prompt), base_seed + j)
-                          for p_i, prompt in enumerate(prompts) for j in range(n)]
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-# ---- tokens -> text ---------------------------------------------------------------------------------
-
-
-def _byte_decoder() -> dict[str, int]:
-    """The inverse of GPT-2's byte-to-unicode table used by byte-level BPE vocabularies."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-_BYTE_DECODER = _byte_decoder()
-
-
-class TokenText:
-    """Decoding helpers for one tokenizer: whole-sequence text, single-token text and raw bytes.
-
-    Fast tokenizers are shared with request handlers, so every call holds ``lock``.
-    """
-
-    def __init__(self, tokenizer, lock: threading.Lock | None = None):
-        self.tokenizer = tokenizer
-        self.lock = lock or threading.Lock()
-        self._piece: dict[int, tuple[str, list[int]]] = {}
-
-    def decode(self, ids: Seq[int]) -> str:
-        with self.lock:
-            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    def piece(self, token_id: int) -> tuple[str, list[int]]:
-        """``(text, bytes)`` of one token; bytes are exact for byte-level BPE (partial UTF-8 too)."""
-        hit = self._piece.get(token_id)
-        if hit is None:
-            with self.lock:
-                text = self.tokenizer.decode([token_id], skip_special_tokens=False)
-                raw = self.tokenizer.convert_ids_to_tokens(token_id)
-            if isinstance(raw, str) and raw and all(ch in _BYTE_DECODER for ch in raw) \
-                    and text not in self.tokenizer.all_special_tokens:
-                data = [_BYTE_DECODER[ch] for ch in raw]
-            else:
-                data = list(text.encode("utf-8"))
-            hit = self._piece[token_id] = (text, data)
-        return hit
-
-
-# ---- one choice being generated ---------------------------------------------------------------------
-
-
-class GenSequence:
-    """Decoding state of one choice: tokens, text, what has been emitted, stop handling."""
-
-    def __init__(self, request: GenerationRequest, index: int, prompt_ids: list[int], seed: int):
-        self.request = request
-        self.index = index
-        self.prompt_ids = prompt_ids
-        self.params = request.params
-        self.seed = seed
-        self.generator: torch.Generator | None = None
-        self.tokens: list[int] = []
-        self.n_generated = 0                    # includes an end-of-sequence token
-        self.text = ""
-        self.emitted = 0
-        self.pending: list[TokenLogprob] = []
-        self.finished = False
-        self.counts: dict[int, int] = {}
-
-    # -- sampling state
-    def rng(self) -> torch.Generator:
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(self.seed)
-        return self.generator
-
-    # -- emission
-    def _emit_upto(self, end: int, flush: bool = False) -> None:
-        release = [e for e in self.pending if e.offset < end or flush]
-        if end > self.emitted or release:
-            self.pending = [] if flush else [e for e in self.pending if e.offset >= end]
-            piece = self.text[self.emitted:end] if end > self.emitted else ""
-            self.emitted = max(self.emitted, end)
-            self.request.emit(Event("delta", index=self.index, text=piece, logprobs=release))
-
-    def _finish(self, reason: str) -> None:
-        self._emit_upto(len(self.text), flush=True)
-        self.finished = True
-        self.request.emit(Event("finish", index=self.index, finish_reason=reason,
-                                completion_tokens=self.n_generated))
-
-    def abort(self) -> None:
-        self.finished = True
-
-    def accept(self, token_id: int, is_eos: bool, decoder: TokenText, entry: TokenLogprob | None) -> bool:
-        """Take the next generated token; emit what is safe to show; return True when finished."""
-        self.n_generated += 1
-        if is_eos:
-            self._finish("stop")
-            return True
-        self.tokens.append(token_id)
-        self.counts[token_id] = self.counts.get(token_id, 0) + 1
-        before = len(self.text)
-        self.text = decoder.decode(self.tokens)
-        if entry is not None:
-            entry.offset = min(before, len(self.text))
-            self.pending.append(entry)
-        stops = self.params.stop
-        if stops:
-            longest = max(len(s) for s in stops)
-            start = max(0, min(before, self.emitted) - longest + 1)
-            hits = [i for i in (self.text.find(s, start) for s in stops) if i >= 0]
-            if hits:
-                cut = min(hits)
-                self.text = self.text[:cut]
-                self.pending = [e for e in self.pending if e.offset < cut]
-                self._finish("stop")
-                return True
-        if self.n_generated >= self.params.max_tokens:
-            self._finish("length")
-            return True
-        safe = len(self.text)
-        while safe > self.emitted and self.text[safe - 1] == "\ufffd":   # an incomplete UTF-8 character
-            safe -= 1
-        for s in stops:                     # hold back a suffix that may grow into a stop string
-            for k in range(min(len(s) - 1, safe - self.emitted), 0, -1):
-                if self.text[:safe].endswith(s[:k]):
-                    safe -= k
-                    break
-        self._emit_upto(safe)
-        return False
-
+__all__ = ["Engine", "Event", "GenerationRequest", "GenSequence", "InvalidParameter", "SamplingParams",
+           "TokenLogprob", "TokenText", "choose_tokens", "decode_batch", "joinable", "model_device"]
 
 # ---- choosing the next tokens -------------------------------------------------------------------------
 
@@ -231,54 +32,77 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return out
 
 
-def choose_tokens(seqs: Seq[GenSequence], logits: torch.Tensor, decoder: TokenText
-                  ) -> list[tuple[int, TokenLogprob | None]]:
+def _adjust(row: torch.Tensor, seq: GenSequence) -> None:
+    """Apply the sequence's logit bias and presence/frequency penalties to its logits row, in place."""
+    p, width = seq.params, row.shape[0]
+    if p.logit_bias:
+        ids, values = seq.bias()
+        ok = ids < width
+        row[ids[ok].to(row.device)] += values[ok].to(device=row.device, dtype=row.dtype)
+    if seq.counts and (p.presence_penalty or p.frequency_penalty):
+        ids = torch.tensor(list(seq.counts), device=row.device)
+        cnt = torch.tensor(list(seq.counts.values()), dtype=row.dtype, device=row.device)
+        ok = ids < width
+        row[ids[ok]] -= p.presence_penalty + p.frequency_penalty * cnt[ok]
+
+
+def _sample(row: torch.Tensor, seq: GenSequence) -> int:
+    row = row.float() / seq.params.temperature
+    if seq.params.top_p < 1.0:
+        row = _top_p_filter(row, seq.params.top_p)
+    probs = torch.softmax(row, dim=-1).cpu()
+    return int(torch.multinomial(probs, 1, generator=seq.rng()).item())
+
+
+Pick = tuple[int, "TokenLogprob | None"]
+
+
+def choose_tokens(seqs: Seq[GenSequence], logits: torch.Tensor, decoder: TokenText) -> list[Pick | Exception]:
     """The next token of each row of ``logits`` (float32, one row per sequence) and its logprobs.
 
     Greedy rows take the argmax of the (bias/penalty-adjusted) logits; sampled rows divide by the
     temperature, apply top-p and draw with the sequence's own seeded generator. Reported logprobs
-    are those of the raw model distribution.
+    are those of the raw model distribution. A row whose own work fails (its seed, bias, sampling
+    or logprobs) gets the exception instead of a pick; the other rows are unaffected.
     """
+    out: list[Pick | Exception | None] = [None] * len(seqs)
     proc = logits
     adjusted = [i for i, s in enumerate(seqs) if s.params.logit_bias or
                 (s.counts and (s.params.presence_penalty or s.params.frequency_penalty))]
     if adjusted:
         proc = logits.clone()
         for i in adjusted:
-            p = seqs[i].params
-            for tok, bias in p.logit_bias.items():
-                if 0 <= tok < proc.shape[1]:
-                    proc[i, tok] += bias
-            if seqs[i].counts and (p.presence_penalty or p.frequency_penalty):
-                ids = torch.tensor(list(seqs[i].counts), device=proc.device)
-                cnt = torch.tensor(list(seqs[i].counts.values()), dtype=proc.dtype, device=proc.device)
-                ids_ok = ids < proc.shape[1]
-                proc[i, ids[ids_ok]] -= p.presence_penalty + p.frequency_penalty * cnt[ids_ok]
+            try:
+                _adjust(proc[i], seqs[i])
+            except Exception as e:
+                out[i] = e
     chosen = proc.argmax(dim=-1).tolist()
     for i, s in enumerate(seqs):
-        if s.params.temperature > 0:
-            row = proc[i].float() / s.params.temperature
-            if s.params.top_p < 1.0:
-                row = _top_p_filter(row, s.params.top_p)
-            probs = torch.softmax(row, dim=-1).cpu()
-            chosen[i] = int(torch.multinomial(probs, 1, generator=s.rng()).item())
-    want = [i for i, s in enumerate(seqs) if s.params.logprobs]
+        if out[i] is None and s.params.temperature >= GREEDY_BELOW:
+            try:
+                chosen[i] = _sample(proc[i], s)
+            except Exception as e:
+                out[i] = e
+    want = [i for i, s in enumerate(seqs) if s.params.logprobs and out[i] is None]
     entries: list[TokenLogprob | None] = [None] * len(seqs)
     if want:
         lp = torch.log_softmax(logits[want].float(), dim=-1)
-        k = max(seqs[i].params.top_logprobs for i in want)
+        k = min(max(seqs[i].params.top_logprobs for i in want), lp.shape[-1])
         top_v, top_i = (lp.topk(k, dim=-1) if k else (None, None))
         for r, i in enumerate(want):
-            tok = chosen[i]
-            text, data = decoder.piece(tok)
-            top = []
-            if k:
-                for v, t in zip(top_v[r, :seqs[i].params.top_logprobs].tolist(),
-                                top_i[r, :seqs[i].params.top_logprobs].tolist()):
-                    t_text, t_data = decoder.piece(t)
-                    top.append((t_text, float(v), t_data))
-            entries[i] = TokenLogprob(text, float(lp[r, tok]), data, 0, top)
-    return list(zip(chosen, entries))
+            try:
+                tok = chosen[i]
+                text, data = decoder.piece(tok)
+                top = []
+                n_top = min(seqs[i].params.top_logprobs, k)
+                if n_top:
+                    for v, t in zip(top_v[r, :n_top].tolist(), top_i[r, :n_top].tolist()):
+                        t_text, t_data = decoder.piece(t)
+                        top.append((t_text, float(v), t_data))
+                entries[i] = TokenLogprob(text, float(lp[r, tok]), data, 0, top)
+            except Exception as e:
+                out[i] = e
+    return [o if o is not None else (chosen[i], entries[i]) for i, o in enumerate(out)]
 
 
 # ---- batched decoding with a transformers model ------------------------------------------------------
@@ -350,7 +174,7 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
 
     Inputs mirror ``transformers.generate`` (position ids from the attention mask, the mask dropped
     when nothing is padded, logits only for the last position), so greedy decoding gives the same
-    tokens as ``tunesmith.eval.generate.generate`` for a single prompt. Returns tokens generated.
+    tokens as ``tunesmith.generation.generate`` for a single prompt. Returns tokens generated.
     """
     device = model_device(model)
     eos = {int(e) for e in eos_ids}
@@ -363,17 +187,26 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
         picks = choose_tokens(rows, logits, decoder)
         now = time.perf_counter()
         keep, tokens = [], []
-        for r, (s, (tok, entry)) in enumerate(zip(rows, picks)):
+        for r, (s, pick) in enumerate(zip(rows, picks)):
             if s.request.first_token_at is None:
                 s.request.first_token_at = now
             generated += 1
+            if isinstance(pick, Exception):          # this row's own failure: its request ends, not the batch
+                s.request.fail(pick)
             if s.request.cancelled:
                 s.abort()
                 continue
+            tok, entry = pick
             if not s.accept(tok, tok in eos, decoder, entry):
                 keep.append(r)
                 tokens.append(tok)
         return keep, tokens
+
+    def prefill(group: list[GenSequence]):
+        ids, mask = _left_pad(group, pad_id, device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = _new_cache(model)
+        return cache, mask, positions, forward(ids, mask, positions, cache)
 
     def forward(ids, mask, positions, cache):
         return model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
@@ -385,21 +218,34 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
     pending = list(seqs)
     with torch.inference_mode():
         while True:
-            if pending:                                   # prefill newcomers, then merge them in
-                ids, mask = _left_pad(pending, pad_id, device)
-                positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-                cache = _new_cache(model)
-                keep, first = advance(pending, forward(ids, mask, positions, cache))
+            groups, pending = ([pending] if pending else []), []
+            while groups:                                 # prefill newcomers, then merge them in
+                group = groups.pop(0)
+                try:
+                    cache, mask, positions, logits = prefill(group)
+                except Exception as e:
+                    requests = list(dict.fromkeys(s.request for s in group))
+                    if len(requests) > 1:                 # find the culprit: each request on its own
+                        groups[:0] = [[s for s in group if s.request is r] for r in requests]
+                    else:
+                        requests[0].fail(e)
+                        for s in group:
+                            s.abort()
+                    continue
+                if live and not (joinable(state[0]) and joinable(cache)):   # only after a split prefill
+                    for r in dict.fromkeys(s.request for s in group):
+                        r.fail(RuntimeError("this model's cache cannot add rows to a running batch"))
+                    continue
+                keep, first = advance(group, logits)
                 if keep:
-                    if len(keep) < len(pending):
+                    if len(keep) < len(group):
                         index = torch.tensor(keep, device=device)
                         cache.batch_select_indices(index)
                         mask, positions = mask[index], positions[index]
                     fresh = (cache, mask, positions[:, -1:])
-                    state = fresh if state is None else _join(state, fresh)
-                    live += [pending[r] for r in keep]
+                    state = _join(state, fresh) if live else fresh
+                    live += [group[r] for r in keep]
                     tokens += first
-                pending = []
             if not live:
                 return generated
             cache, mask, last = state
@@ -512,7 +358,11 @@ class Engine:
                 return
             batch = [r for r in batch if not r.cancelled]
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                except Exception as e:      # never let one batch stop the scheduler thread
+                    for r in batch:
+                        r.fail(e)
 
     def _admit(self, model_id: str, free: int, batch: list[GenerationRequest]) -> list[GenSequence]:
         """Queued requests for ``model_id`` that may join the running batch: only while the oldest
@@ -545,9 +395,9 @@ class Engine:
         seqs = [s for r in batch for s in r.sequences]
         try:
             runner = self.acquire(model_id)
-        except BaseException as e:   # reported to every request of the batch
+        except Exception as e:   # reported to every request of the batch
             for r in batch:
-                r.emit(Event("error", error=e))
+                r.fail(e)
             return
         for r in batch:
             r.emit(Event("start", prompt_tokens=r.prompt_tokens))
@@ -558,9 +408,9 @@ class Engine:
         t0 = time.perf_counter()
         try:
             generated = runner.run(seqs, lambda free: self._admit(model_id, free, batch))
-        except BaseException as e:
+        except Exception as e:   # a failure of the whole batch (the model's forward pass)
             for r in batch:
-                r.emit(Event("error", error=e))
+                r.fail(e)
             generated = 0
         finally:
             self.running = 0

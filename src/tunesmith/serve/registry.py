@@ -2,7 +2,6 @@
 shared base and evicted least-recently-used beyond a memory budget."""
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -15,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ..rundir import Layout, Run, has_model
 from .engine import TokenText, decode_batch
 from .schema import bad_request, model_not_found
 
-# peft methods whose adapters are LoRA modules: several of them share one wrapped base
-LORA_FAMILY = {"lora", "dora", "rslora"}
 log = logging.getLogger("tunesmith.serve")
-PROMPT_LEARNING = {"prompt_tuning", "prefix_tuning"}
 _GGUF_TAG = re.compile(r"(?:^|[-_.])((?:f|bf)16|f32|q\d(?:_[0-9a-z]+)*)$", re.IGNORECASE)
 
 
@@ -42,12 +39,6 @@ class ModelSource(Protocol):
     def models(self) -> list[ServedModel]: ...
 
 
-def is_run_dir(path: Path) -> bool:
-    """A finished run: a recipe plus a trained model (``model/``) or a merged export."""
-    return (path / "recipe.yaml").is_file() and (
-        (path / "model").is_dir() or (path / "export" / "merged" / "config.json").is_file())
-
-
 class RunsSource:
     """Run directories under one or more roots (or given directly); id = the run directory's name."""
 
@@ -58,24 +49,13 @@ class RunsSource:
     def models(self) -> list[ServedModel]:
         out = []
         for root in self.roots:
-            candidates = [root] if is_run_dir(root) else \
+            candidates = [root] if has_model(root) else \
                 sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
             for path in candidates:
-                if is_run_dir(path):
-                    out.append(ServedModel(path.name, path.resolve(), _created(path), self.owned_by))
+                if has_model(path):
+                    out.append(ServedModel(path.name, path.resolve(), Layout(path).created(), self.owned_by))
         return out
 
-
-def _created(path: Path) -> int:
-    try:      # run.json records local time as "%Y-%m-%dT%H:%M:%S"
-        return int(time.mktime(time.strptime(json.loads((path / "run.json").read_text())["created"],
-                                             "%Y-%m-%dT%H:%M:%S")))
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):
-        pass
-    try:
-        return int((path / "recipe.yaml").stat().st_mtime)
-    except OSError:
-        return int(time.time())
 
 
 def gguf_tag(path: Path) -> str:
@@ -201,7 +181,7 @@ class Registry:
                 info = self._describe(served)
                 out[served.id] = info
                 if self.gguf_available() and info.run_dir is not None:
-                    for f in sorted((info.run_dir / "export").glob("*.gguf")):
+                    for f in Layout(info.run_dir).gguf_files():
                         gid = f"{served.id}:gguf-{gguf_tag(f)}"
                         out.setdefault(gid, ModelInfo(gid, "gguf", served.created, served.owned_by,
                                                       run_dir=info.run_dir, method=info.method, weights=f,
@@ -216,8 +196,9 @@ class Registry:
 
     def _describe(self, served: ServedModel) -> ModelInfo:
         run_dir = Path(served.run_dir)
-        stamp = tuple(_mtime(run_dir / rel) for rel in ("recipe.yaml", "model/tunesmith.json",
-                                                       "export/merged/config.json"))
+        layout = Layout(run_dir)
+        stamp = tuple(_mtime(p) for p in (layout.recipe_path, layout.model_dir / "tunesmith.json",
+                                          layout.merged_dir / "config.json"))
         key = (served.id, str(run_dir), stamp)
         hit = self._meta.get(key)
         if hit is None:
@@ -227,44 +208,44 @@ class Registry:
         return hit
 
     def _inspect(self, served: ServedModel, run_dir: Path) -> ModelInfo:
+        from .. import methods, objectives
         info = ModelInfo(served.id, "refused", int(served.created), served.owned_by, run_dir=run_dir,
                          parent=self.settings.base_id)
-        merged = run_dir / "export" / "merged"
-        has_merged = (merged / "config.json").is_file()
-        for cand in (run_dir / "model", run_dir / "export" / "adapter", merged):
+        layout = Layout(run_dir)
+        for cand in (layout.model_dir, layout.adapter_dir, layout.merged_dir):
             if (cand / "tokenizer_config.json").is_file():
                 info.tokenizer_dir = cand
                 break
         try:
-            from ..pipeline import Run
             recipe = Run(run_dir).recipe
         except Exception as e:   # a recipe this version cannot read: listed, not servable
             info.reason = f"cannot read the run's recipe ({str(e).splitlines()[0]})"
             return info
-        meta = {}
-        try:
-            meta = json.loads((run_dir / "model" / "tunesmith.json").read_text())
-        except (OSError, ValueError):
-            pass
+        meta = layout.load_json("model/tunesmith.json") or {}
         info.method = meta.get("method", recipe.method.name)
         info.objective = meta.get("objective", recipe.objective.name)
+        try:
+            method, objective = methods.get(info.method), objectives.OBJECTIVES[info.objective]
+        except (KeyError, Exception) as e:
+            info.reason = f"unknown method or objective ({e})"
+            return info
         if info.tokenizer_dir is None:
             info.reason = "the run has no saved tokenizer (model/ or export/)"
-        elif info.objective == "classification":
-            info.reason = ("this run trained a classification head, which predicts labels rather than "
+        elif not objective.generates_text:
+            info.reason = (f"this run's objective ({info.objective}) predicts with its own head rather than "
                            "generating text; it cannot serve completions")
-        elif info.method in LORA_FAMILY and info.objective != "distill" and \
-                (run_dir / "model" / "adapter_config.json").is_file() and self._same_base(recipe.model.name):
-            info.kind, info.weights = "adapter", run_dir / "model"
-        elif has_merged:
-            info.kind, info.weights = "separate", merged
-        elif info.method in PROMPT_LEARNING:
+        elif method.shares_base and not objective.own_model and \
+                (layout.model_dir / "adapter_config.json").is_file() and self._same_base(recipe.model.name):
+            info.kind, info.weights = "adapter", layout.model_dir
+        elif layout.has_merged():
+            info.kind, info.weights = "separate", layout.merged_dir
+        elif method.virtual_tokens:
             info.reason = (f"method '{info.method}' (virtual tokens) is not servable by this server; "
                            "serve a LoRA-family or mergeable run")
-        elif info.objective == "distill":
+        elif objective.own_model:
             info.reason = "a distilled student is served from its merged export; run `tunesmith export` first"
-        elif (run_dir / "model").is_dir():
-            info.kind, info.weights = "separate", run_dir / "model"
+        elif layout.model_dir.is_dir():
+            info.kind, info.weights = "separate", layout.model_dir
         else:
             info.reason = "the run has no trained model"
         return info
@@ -318,17 +299,14 @@ class Registry:
             return self.settings.gguf_context
         if info.id in self._contexts:
             return self._contexts[info.id]
-        from transformers import AutoConfig
+        from .. import models
         if info.kind == "separate" and info.weights is not None and (info.weights / "config.json").is_file():
             ref = info.weights
         elif info.kind == "separate" and info.run_dir is not None:
-            from .. import models
-            from ..pipeline import Run
             ref = models.resolve(Run(info.run_dir).recipe.model.name)
         else:
             ref = self._base_ref()
-        cfg = AutoConfig.from_pretrained(ref)
-        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+        n = models.context_length(ref) or 2048
         self._contexts[info.id] = int(n)
         return int(n)
 
@@ -372,12 +350,12 @@ class Registry:
 
     @staticmethod
     def _eos(dec: TokenText, model) -> list[int]:
-        from ..eval.generate import eos_token_ids
+        from ..generation import eos_token_ids
         return eos_token_ids(dec.tokenizer, model)
 
     @staticmethod
     def _pad(dec: TokenText) -> int:
-        from ..eval.generate import pad_token_id
+        from ..generation import pad_token_id
         return pad_token_id(dec.tokenizer)
 
     @contextmanager
@@ -412,19 +390,10 @@ class Registry:
         return _Loaded(info, nbytes, runner, adapter_name=name)
 
     def _load_separate(self, info: ModelInfo) -> _Loaded:
-        import torch
+        from ..tuned import load_tuned
         dec = self.decoder(info)
-        if (info.weights / "config.json").is_file():          # merged export: plain transformers
-            from transformers import AutoModelForCausalLM
-            model = AutoModelForCausalLM.from_pretrained(info.weights, dtype=torch.float32).to(self.device)
-        else:                                                   # the method's own load on a fresh base
-            from .. import methods, models
-            from ..pipeline import Run
-            recipe = Run(info.run_dir).recipe
-            base, _ = models.load(recipe.model.name, device=self.device,
-                                  trust_remote_code=recipe.model.trust_remote_code)
-            model = methods.get(recipe.method.name).load(base, info.weights, recipe.method)
-        model.eval()
+        merged = info.weights == Layout(info.run_dir).merged_dir    # else the method's own load on a fresh base
+        model, _ = load_tuned(info.run_dir, self.device, prefer_merged=merged, tokenizer=dec.tokenizer)
         return _Loaded(info, _param_bytes(model), Runner(model, dec, self._eos(dec, model), self._pad(dec),
                                                           max_rows=self.max_rows))
 

@@ -1,9 +1,14 @@
 """OpenAI request bodies (unknown fields ignored, ranges checked) and the OpenAI error type."""
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .sampling import MAX_LOGIT_BIAS, MAX_STOP_CHARS, MAX_STOPS, SEED_RANGE
+
+_TOKEN_ID = re.compile(r"-?[0-9]{1,19}")
 
 
 class OpenAIError(Exception):
@@ -16,6 +21,23 @@ class OpenAIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# documents OpenAI's error envelope for every 4xx/5xx of a route (FastAPI's `responses=`); it also
+# replaces FastAPI's default 422 entry: validation errors are answered 400 in the envelope
+ERROR_RESPONSES: dict = {"4XX": {"model": ErrorResponse, "description": "Client error (OpenAI error envelope)"},
+                         "5XX": {"model": ErrorResponse, "description": "Server error (OpenAI error envelope)"}}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
@@ -67,12 +89,14 @@ Stop = str | list[str] | None
 
 def _check_stop(value: Stop) -> Stop:
     if isinstance(value, list):
-        if len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
+        if len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences are allowed")
         if any(not s for s in value):
             raise ValueError("stop sequences must be non-empty strings")
     elif isinstance(value, str) and not value:
         return None
+    if any(len(s) > MAX_STOP_CHARS for s in ([value] if isinstance(value, str) else value or [])):
+        raise ValueError(f"stop sequences may have at most {MAX_STOP_CHARS} characters")
     return value
 
 
@@ -82,7 +106,7 @@ class _Sampling(_Lenient):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=128)
     stop: Stop = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
@@ -98,9 +122,13 @@ class _Sampling(_Lenient):
     @field_validator("logit_bias")
     @classmethod
     def _bias(cls, value):
+        if value is not None and len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} logit_bias entries are allowed, got {len(value)}")
         for k, v in (value or {}).items():
-            if not k.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {k!r}")
+            if not _TOKEN_ID.fullmatch(k):
+                raise ValueError(f"logit_bias keys must be token ids, got {k[:40]!r}")
+            if int(k) < 0:
+                raise ValueError(f"logit_bias token id {k} is not in the model's vocabulary")
             if not -100 <= v <= 100:
                 raise ValueError(f"logit_bias values must be between -100 and 100, got {v}")
         return value
@@ -122,6 +150,13 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Any = None
     response_format: dict | None = None
     parallel_tool_calls: bool | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _format(cls, value):
+        if value is not None and not isinstance(value.get("type", "text"), str):
+            raise ValueError("response_format.type must be a string")
+        return value
 
 
 class CompletionRequest(_Sampling):

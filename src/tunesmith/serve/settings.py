@@ -39,8 +39,13 @@ class ServeSettings(BaseModel):
     default_max_tokens: int = Field(256, ge=1, le=131072, description="Chat reply limit when a request sets none.")
     gguf: bool = Field(True, description="Serve GGUF exports through llama-cpp-python when it is installed.")
     gguf_context: int = Field(4096, ge=64, description="llama.cpp context size for GGUF models.")
-    host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(8000, ge=0, le=65535)
+    max_body_mb: float = Field(8.0, gt=0, le=4096, description="Largest accepted request body, MB, on every "
+                                                                "route but file uploads (their own limit); "
+                                                                "larger bodies get HTTP 413.")
+    host: str = Field("127.0.0.1", min_length=1, description="Interface to listen on (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: a free port).")
+    ui: bool = Field(True, description="Serve the web dashboard at /ui (runs, live curves, compare), signed in "
+                                       "with the same API keys.")
 
     @field_validator("api_keys")
     @classmethod

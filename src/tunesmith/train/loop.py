@@ -14,9 +14,12 @@ from typing import Callable
 import torch
 
 from ..data.tokenize import batches
+from . import budget as tb
 from . import checkpoint
+from . import precision as prec
 from .checkpoint import LoopState
-from .progress import TrainProgress
+from ..rundir import Layout, truncate_metrics
+from .progress import TrainProgress, console
 
 
 @dataclass
@@ -30,6 +33,9 @@ class TrainResult:
     best_val_loss: float | None
     early_stopped: bool
     final_train_loss: float | None
+    total_steps: int = 0                 # the steps the run planned (after a time budget's planning)
+    precision: dict | None = None        # {"used", "requested", "reason"}
+    time_budget: dict | None = None      # planned vs actual, when train.time_budget is set
 
 
 def seed_everything(seed: int) -> None:
@@ -111,17 +117,21 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     The objective's ``collate(items, pad_id)`` (default: SFT token batches) builds batches; each
     carries ``n_loss`` so the loss is normalised exactly over a whole accumulated step.
     Writes ``metrics.jsonl`` and ``checkpoints/`` under ``run_dir``. With ``resume`` the newest
-    checkpoint is restored and the run continues where it stopped, on the same batches.
+    intact checkpoint is restored (damaged newer ones are skipped, saying so; none: from the start), the
+    metrics are cut back to its step, and the run continues where it stopped, on the same batches.
     ``stop_after`` ends the call after that many optimizer steps (used to test interruption).
     ``on_eval(step, metrics)`` is called after each validation; an exception it raises (e.g. a
     sweep pruning the trial) ends training and propagates.
     """
+    from torch.optim.lr_scheduler import LambdaLR
     from transformers import get_scheduler
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.device)
+    precision = prec.choose(cfg.precision, accelerator.device)    # before seeding: a probe draws no numbers
+    seed_everything(cfg.seed)
+    scaler = precision.grad_scaler()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -130,26 +140,42 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     plan = plan_micro_batches(len(train_seqs), cfg, train_seqs)
     total_steps = math.ceil(len(plan) / cfg.grad_accum)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
-    scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    planned = None          # the time budget's plan: a schedule whose length is set after timing steps
+    if cfg.time_budget is not None:
+        planned = tb.PlannedSchedule(cfg.scheduler, total_steps, cfg.warmup_ratio, tb.parse_duration(cfg.time_budget))
+        scheduler = LambdaLR(optimizer, planned)
+    else:
+        sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
+        scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                                  num_training_steps=total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_root = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
+    layout = Layout(run_dir)
+    ckpt_root, metrics_path = layout.checkpoints, layout.metrics_path
 
     state = LoopState()
-    if resume and (last := checkpoint.latest(ckpt_root)) is not None:
-        state = checkpoint.restore(last, accelerator.unwrap_model(model), optimizer, scheduler)
-        _truncate_metrics(metrics_path, state.step)
+    if resume:
+        checkpoint.clean_partial(ckpt_root)
+        say = (lambda m: console.print(m, style="yellow", markup=False, highlight=False, soft_wrap=True)) \
+            if accelerator.is_main_process else (lambda m: None)
+        if (last := checkpoint.latest_intact(ckpt_root, log=say)) is not None:
+            state = checkpoint.restore(last, accelerator.unwrap_model(model), optimizer, scheduler)
+        # rows logged after the restored step (or all of them: no checkpoint) are replayed; torn lines dropped
+        truncate_metrics(metrics_path, state.step)
+    if planned is not None:          # restored with the scheduler: a resumed run keeps its plan
+        total_steps = planned.total
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    metrics_file = open(metrics_path, "a", encoding="utf-8")
+    metrics_file = _open_for_append(metrics_path)
     last_loss = None
     steps_this_call = 0
+    step_times: list[float] = []     # this call's step durations, for the time budget's plan
     try:
-        with TrainProgress(total_steps, start=state.step, enabled=accelerator.is_main_process) as bar:
+        with TrainProgress(total_steps, start=state.step, enabled=accelerator.is_main_process,
+                           description=f"train {precision.used}") as bar:
+            bar.note(f"precision {precision.used}: {precision.reason}")
+            call_t0, elapsed0 = time.perf_counter(), planned.elapsed_s if planned is not None else 0.0
             while state.step < total_steps and not state.early_stopped:
                 t0 = time.perf_counter()
                 chunk = plan[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
@@ -160,14 +186,22 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
                     sync = j == len(mbs) - 1
                     with (nullcontext() if sync else accelerator.no_sync(model)):
-                        out = objective(model, b)
-                        loss = out.loss_sum / max(n_trained, 1)
-                        accelerator.backward(loss)
+                        with precision.autocast():       # forward and loss; backward outside autocast
+                            out = objective(model, b)
+                            loss = out.loss_sum / max(n_trained, 1)
+                        loss = loss.float()
+                        accelerator.backward(scaler.scale(loss) if scaler else loss)
                     step_loss += float(loss.detach())
                 grad_norm = None
+                if scaler:
+                    scaler.unscale_(optimizer)
                 if cfg.max_grad_norm:
                     grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
-                optimizer.step()
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 dt = time.perf_counter() - t0
@@ -185,10 +219,20 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 bar.update(state.step, loss=step_loss, tps=state.tokens / max(state.wall_s, 1e-9))
                 if on_step:
                     on_step(record)
+                if planned is not None:
+                    step_times.append(time.perf_counter() - t0)    # the step and its bookkeeping
+                    planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
+                    total_steps = _budget_replan(planned, state, step_times, cfg, val_seqs, bar)
                 is_last = state.step == total_steps
                 if val_seqs and (state.step % cfg.eval_every == 0 or is_last):
+                    tv = time.perf_counter()
                     ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
                                        pad_id=pad_id, device=device)
+                    if planned is not None:
+                        planned.val_s = time.perf_counter() - tv
+                        planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
+                        total_steps = _budget_refine(planned, state, step_times, cfg, val_seqs, bar)
+                        is_last = state.step == total_steps
                     _write(metrics_file, {"type": "eval", "step": state.step, **ev})
                     bar.note(f"step {state.step}: val_loss {ev['val_loss']:.4f}  ppl {ev['perplexity']:.2f}")
                     if on_eval:
@@ -202,8 +246,18 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                             state.early_stopped = True
                             bar.note(f"early stop: no improvement in {state.bad_evals} validations; "
                                      f"best step {state.best_step}")
-                if state.step % cfg.save_every == 0 or is_last or state.early_stopped:
+                save_now = state.step % cfg.save_every == 0 or is_last or state.early_stopped
+                if planned is not None and planned.planned and planned.save_s is None:
+                    save_now = True       # time a checkpoint save early: saves are part of the plan
+                if save_now:
+                    ts = time.perf_counter()
+                    if planned is not None:    # the checkpoint carries the plan (in the scheduler's state)
+                        planned.elapsed_s = elapsed0 + ts - call_t0 + (planned.save_s or 0.0)
                     checkpoint.save(ckpt_root, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                    if planned is not None:
+                        planned.save_s = time.perf_counter() - ts
+                        planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
+                        total_steps = _budget_refine(planned, state, step_times, cfg, val_seqs, bar)
                 steps_this_call += 1
                 if stop_after is not None and steps_this_call >= stop_after:
                     break
@@ -217,23 +271,63 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     return TrainResult(steps=state.step, tokens=state.tokens, trained_tokens=state.trained_tokens,
                        wall_s=state.wall_s, tokens_per_s=state.tokens / max(state.wall_s, 1e-9),
                        best_step=state.best_step, best_val_loss=state.best_val,
-                       early_stopped=state.early_stopped, final_train_loss=last_loss)
+                       early_stopped=state.early_stopped, final_train_loss=last_loss, total_steps=total_steps,
+                       precision=precision.as_dict(), time_budget=planned.report() if planned is not None else None)
+
+
+def _budget_refine(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,
+                   bar) -> int:
+    """Correct the plan once, as soon as a checkpoint save, (with validation data) a validation and
+    :data:`budget.REFINE_STEPS` steps were timed; a run resumed after that keeps the plan its checkpoint recorded."""
+    if planned.planned and not planned.refined and planned.save_s is not None \
+            and (planned.val_s is not None or not val_seqs) \
+            and len(step_times) - tb.WARMUP_STEPS >= tb.REFINE_STEPS:
+        planned.refined = True
+        return _budget_replan(planned, state, step_times, cfg, val_seqs, bar, force=True)
+    return planned.total
+
+
+def _budget_replan(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,
+                   bar, force: bool = False) -> int:
+    """The run's step count under the time budget after this step: planned once the first steps are
+    timed (the first of this call untimed), corrected once (``force``, see :func:`_budget_refine`), and cut short
+    when the run overruns the budget by :data:`budget.OVERRUN_STOP`. Returns the (new) total."""
+    timed = step_times[tb.WARMUP_STEPS:]
+    if (not planned.planned and len(timed) >= tb.TIMED_STEPS) or (force and planned.planned):
+        step_s = sum(timed) / len(timed) if timed else planned.measured_step_s
+        planned.measured_step_s = step_s
+        val_s = planned.val_s
+        if val_s is None and val_seqs:    # forward only, about a third of a training micro-step per batch
+            val_s = math.ceil(len(val_seqs) / cfg.batch_size) * step_s / cfg.grad_accum / 3
+        new = tb.plan_steps(budget_s=planned.budget_s, elapsed_s=planned.elapsed_s, done=state.step,
+                            natural=planned.natural_steps, step_s=step_s, eval_every=cfg.eval_every,
+                            val_s=val_s or 0.0, save_every=cfg.save_every, save_s=planned.save_s or 0.0)
+        if new != planned.total:
+            bar.note(f"time budget {planned.budget_s:g}s: {new} steps of {step_s:.3g}s planned "
+                     f"(the data and epochs allow {planned.natural_steps})")
+        planned.planned = True
+        planned.set_total(new)
+        bar.progress.update(bar.task, total=planned.total)
+    elif (planned.elapsed_s > planned.budget_s * tb.OVERRUN_STOP and state.step < planned.total):
+        planned.stopped_over_budget = True
+        bar.note(f"time budget exceeded ({planned.elapsed_s:.1f}s of {planned.budget_s:g}s): "
+                 f"stopping at step {state.step} of {planned.total}")
+        planned.set_total(state.step)
+        bar.progress.update(bar.task, total=planned.total)
+    return planned.total
+
+
+def _open_for_append(path: Path):
+    """``path`` opened to append records; a last record cut before its newline is ended first."""
+    with open(path, "ab+") as f:
+        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+            f.write(b"\n")
+    return open(path, "a", encoding="utf-8")
 
 
 def _write(f, record: dict) -> None:
     f.write(json.dumps(record) + "\n")
     f.flush()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records an interrupted run logged after its last checkpoint (they are replayed)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip()
-            and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
 
 
 __all__ = ["train", "evaluate_loss", "TrainResult", "LoopState"]

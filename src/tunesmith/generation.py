@@ -1,4 +1,5 @@
-"""Batched greedy decoding (left padding, KV cache) and streamed chat replies."""
+"""Generation primitives shared by evaluation, objectives, export and serving: prompt rendering, eos/pad ids,
+the inference context, batched greedy decoding (left padding, KV cache) and streamed chat replies."""
 from __future__ import annotations
 
 import threading
@@ -33,13 +34,13 @@ def pad_token_id(tokenizer) -> int:
     return eos_token_ids(tokenizer)[0]
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     device = getattr(model, "device", None)
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 @contextmanager
-def _inference(model, tokenizer):
+def inference(model, tokenizer):
     """Eval mode and left padding with a pad token for the duration; restored afterwards."""
     was_training = model.training
     old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
@@ -54,6 +55,26 @@ def _inference(model, tokenizer):
         if old_pad is None:
             tokenizer.pad_token = None
         model.train(was_training)
+
+
+@contextmanager
+def merged_for_inference(model):
+    """Fold a peft adapter into the base weights while generating (as fast as the base model),
+    then restore the exact original base weights."""
+    layers = [m for m in model.modules() if hasattr(m, "merge") and hasattr(m, "base_layer")] \
+        if callable(getattr(model, "merge_adapter", None)) else []
+    if not layers or any(getattr(m, "merged", False) for m in layers):
+        yield
+        return
+    saved = {id(m): m.base_layer.weight.detach().clone() for m in layers}
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+        with torch.no_grad():
+            for m in layers:
+                m.base_layer.weight.copy_(saved[id(m)])
 
 
 def render_prompt(tokenizer, messages: Sequence[dict]) -> str:
@@ -76,10 +97,10 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], max_new_tokens
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
     replies: list[str | None] = [None] * len(texts)
-    device = _model_device(model)
+    device = model_device(model)
     eos, pad = eos_token_ids(tokenizer, model), pad_token_id(tokenizer)
 
-    with _inference(model, tokenizer), torch.inference_mode():
+    with inference(model, tokenizer), torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = tokenizer([texts[i] for i in idx], add_special_tokens=False, padding=True,
@@ -119,7 +140,7 @@ def stream_chat(model, tokenizer, messages: Sequence[dict], max_new_tokens: int,
         raise ValueError("temperature must be >= 0")
     text = render_prompt(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    device = _model_device(model)
+    device = model_device(model)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": float(temperature)} if temperature > 0 \
         else {"do_sample": False}
