@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import sentiment_rows
+from tiny import sentiment_rows
 
 
 def tiny_recipe(root: Path, model_dir: Path, data_file: Path, name: str, **sections) -> dict:

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import sentiment_rows
+from tiny import sentiment_rows
 from tiny import make_model
 from tunesmith import methods, objectives
 from tunesmith.config import load_recipe

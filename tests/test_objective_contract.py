@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import sentiment_rows
+from tiny import sentiment_rows
 from tunesmith import objectives, pipeline
 from tunesmith.eval import stage
 from tunesmith.objectives.base import hook

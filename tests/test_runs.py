@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_recipe, tree_digest, write_sentiment
+from tiny import tiny_recipe, tree_digest, write_sentiment
 from tunesmith import pipeline
 from tunesmith.errors import TunesmithError
 from tunesmith.cli.runs import runs_app

@@ -20,7 +20,7 @@ USER = [{"role": "user", "content": "The movie was wonderful and the actors were
 
 def test_run_gguf_export_is_served_and_matches_transformers(tmp_path, tiny_model_dir):
     from tunesmith import gguf_export
-    from conftest import sentiment_rows
+    from tiny import sentiment_rows
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith import pipeline

@@ -36,7 +36,7 @@ def recipe_path(tmp_path_factory, tiny_model_dir):
 
     import yaml
 
-    from conftest import sentiment_rows
+    from tiny import sentiment_rows
     d = tmp_path_factory.mktemp("tuned")
     data = d / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(40)))

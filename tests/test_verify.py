@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from conftest import sentiment_rows
+from tiny import sentiment_rows
 from tunesmith import pipeline
 from tunesmith.cli.run import export as export_command
 from tunesmith.cli.verify import app as verify_app

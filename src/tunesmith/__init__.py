@@ -3,7 +3,7 @@
 The Python API mirrors the CLI::
 
     import tunesmith
-    run_dir = tunesmith.run("examples/sentiment/recipe.yaml", ["train.epochs=2"])
+    run_dir = tunesmith.run(recipe_path, ["train.epochs=2"])     # e.g. the demo recipe in examples/sentiment/
 
 The API names load on first use (importing tunesmith stays fast; torch loads when needed) and always
 name the API functions: ``tunesmith.train``, ``.export``, ``.verify``, ``.sweep`` and ``.advise`` share

@@ -443,7 +443,7 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | None = None, *
     """Load a recipe from a YAML path or a dict, apply dotted overrides, validate strictly.
 
     Relative data paths are resolved against the recipe file's folder. ``legacy=True`` is for a
-    recipe.yaml written by an earlier version into a run directory: flat `method`/`objective` keys
+    recipe written by an earlier version into a run directory: flat `method`/`objective` keys
     that the chosen method/objective does not have are dropped (earlier versions ignored them).
     YAML files are read with ``safe_yaml`` limits (size, duplicate keys, alias expansion, UTF-8).
     """

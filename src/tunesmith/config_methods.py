@@ -4,7 +4,7 @@ objective, joined as pydantic discriminated unions on `name` (the PEFT shape: `L
 
 `MethodConfig(name=..., **keys)` / `ObjectiveConfig(...)` build the chosen member from the flat
 keyword arguments earlier versions took (keys of *other* members are dropped there, unknown keys
-still raise); recipes are strict. `normalize_section` lets an old run's `recipe.yaml` (every flat
+still raise); recipes are strict. `normalize_section` lets an old run's recipe (every flat
 key, with defaults) load.
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ ObjectiveSection = Annotated[Union[tuple(dict.fromkeys(OBJECTIVE_CONFIGS.values(
 FAMILIES: dict[str, tuple[dict[str, type[_Section]], str]] = {
     "method": (METHOD_CONFIGS, "lora"), "objective": (OBJECTIVE_CONFIGS, "sft")}
 
-# The flat sections of earlier versions, as every old run's recipe.yaml holds them (all keys, these
+# The flat sections of earlier versions, as every old run's recipe holds them (all keys, these
 # defaults). Frozen here on purpose: a later change of a default must not break old runs.
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
     "method": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "auto", "top_k_layers": 2,
@@ -182,7 +182,7 @@ def _same(a: Any, b: Any) -> bool:
 def normalize_section(section: str, value: Any, *, legacy: bool = False) -> Any:
     """``value`` (a raw `method`/`objective` mapping) with its `name` defaulted and old-version leftovers dropped.
 
-    A mapping that holds every flat key of earlier versions is an old run's recipe.yaml: its keys
+    A mapping that holds every flat key of earlier versions is an old run's recipe: its keys
     that the chosen member lacks are dropped when they still have their old default. With
     ``legacy=True`` every flat key of earlier versions that the chosen member lacks is dropped,
     whatever its value (earlier versions ignored it). Anything else stays, so validation rejects it.

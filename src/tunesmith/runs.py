@@ -10,7 +10,7 @@ import yaml
 from .errors import TunesmithError
 from .fsutil import atomic_write_text
 from .render import esc, figure, html_page, html_table, img_tag, is_number, png_bytes
-from .rundir import Layout, find_runs, is_run_dir
+from .rundir import INFO, RECIPE, Layout, find_runs, is_run_dir
 
 # ------------------------------------------------------------------------------------ reading
 
@@ -115,7 +115,7 @@ def _check_run(path: str | Path) -> Path:
     if not p.is_dir():
         raise TunesmithError("run directory not found; expected a folder like runs/NAME-001", file=str(p))
     if not is_run_dir(p):
-        raise TunesmithError("not a tunesmith run directory (no recipe.yaml/run.json)", file=str(p))
+        raise TunesmithError(f"not a tunesmith run directory (no {RECIPE}/{INFO})", file=str(p))
     return p
 
 

@@ -99,7 +99,7 @@ def _quiet():
 def _read_recipe(run_dir: Path) -> dict:
     path = Layout(run_dir).recipe_path
     if not path.is_file():
-        raise TunesmithError("not a tunesmith run directory (no recipe.yaml)", file=str(run_dir))
+        raise TunesmithError(f"not a tunesmith run directory (no {RECIPE})", file=str(run_dir))
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 

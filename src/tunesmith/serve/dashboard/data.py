@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...rundir import Layout, find_runs, is_run_dir
+from ...rundir import INFO, METRICS, RECIPE, Layout, find_runs, is_run_dir
 from ...runs import run_summary
 
 ID_SEP = "~"                 # run ids are paths relative to a runs root with "/" written as "~"
@@ -57,7 +57,7 @@ def discover(roots: list[Path]) -> dict[str, RunRef]:
 # ------------------------------------------------------------------------------------ run rows
 
 _cache: dict[str, tuple[tuple, dict]] = {}
-_WATCHED = ("run.json", "recipe.yaml", "train.json", "eval/summary.json", "metrics.jsonl")
+_WATCHED = (INFO, RECIPE, "train.json", "eval/summary.json", METRICS)
 
 
 def _stamp(path: Path) -> tuple:
