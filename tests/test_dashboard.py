@@ -1,8 +1,11 @@
 """The web dashboard (`/ui`): pages, the live metrics stream, sign-in on every route, CSRF, safe downloads, --no-ui."""
 from __future__ import annotations
 
+import html as htmllib
 import json
 import math
+import re
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -73,8 +76,9 @@ def runs_root(tmp_path):
     return root
 
 
-def make_client(root: Path, *, keys=(), ui: bool = True, routers=()) -> TestClient:
-    settings = ServeSettings(model="tiny-model-not-loaded", runs=[root], api_keys=list(keys), ui=ui)
+def make_client(root: Path, *, keys=(), ui: bool = True, routers=(), model: str = "tiny-model-not-loaded",
+                **extra) -> TestClient:
+    settings = ServeSettings(model=model, runs=[root], api_keys=list(keys), ui=ui, **extra)
     return TestClient(create_app(settings, routers=routers))
 
 
@@ -356,3 +360,199 @@ def test_ui_command_serves_the_runs_folder(runs_root, monkeypatch):
     assert main(["ui", "--runs", str(runs_root), "--port", "8765", "--no-browser"]) == 0
     assert seen["runs"] == [runs_root] and seen["port"] == 8765 and seen["ui"] is True
     assert set(seen) == options and seen["api_keys"] is None      # every other option at its default
+
+
+# ---- data page -------------------------------------------------------------------------------------------------
+
+def chat_line(user: str, answer: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+
+
+def planted_data() -> bytes:
+    """Chat examples with a broken JSON line (3), a record without messages (5), a duplicate of line 1 (6)
+    and an e-mail address (7)."""
+    lines = [chat_line("The movie was wonderful.", "positive"), chat_line("The food was cold.", "negative"),
+             '{"messages": [{"role": "user", "content": "torn', chat_line("Great actors.", "positive"),
+             json.dumps({"wrong": "shape"}), chat_line("The movie was wonderful.", "positive"),
+             chat_line("Mail me at jane.doe@example.com please.", "neutral")]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def upload(c: TestClient, token: str | None, content: bytes, name: str = "train.jsonl", **fields):
+    data = {"csrf_token": token, **fields} if token else dict(fields)
+    return c.post("/ui/data", files={"file": (name, content, "application/jsonl")}, data=data)
+
+
+def test_data_page_reports_bad_lines_and_marks_trained_tokens(runs_root, tiny_model_dir):
+    with make_client(runs_root, model=str(tiny_model_dir)) as c:
+        page = c.get("/ui/data")
+        assert page.status_code == 200 and 'enctype="multipart/form-data"' in page.text
+        token = csrf_of(page.text)
+        assert upload(c, None, planted_data()).status_code == 403                       # CSRF checked
+        r = upload(c, token, planted_data())
+        assert r.status_code == 200, r.text[:500]
+        body = r.text
+        errors = body.split('id="data-errors"')[1].split("</table>")[0]
+        assert "parse_error" in errors and "line 3:" in errors and "line 5:" in errors
+        summary = body.split('id="data-summary"')[1].split("</table>")[0]
+        assert "<th>lines</th><td>7</td>" in summary and "<th>invalid</th><td class=\"error\">2</td>" in summary
+        dups = body.split('id="data-dups"')[1].split("</table>")[0]
+        assert "lines 6=1" in dups and "removed 1 of 5 examples" in dups               # the duplicate pair
+        assert "EMAIL" in body.split('id="data-pii"')[1].split("</table>")[0]
+        assert 'id="data-tokens"' in body
+        # the first batch: ChatML applied, exactly the assistant's answer (+ end of turn) highlighted
+        batch = body.split('id="batch"')[1]
+        first = batch.split('<div class="example"')[1]
+        assert 'data-line="1"' in first
+        trained = "".join(htmllib.unescape(t) for t in
+                          re.findall(r'<span class="tok trained">(.*?)</span>', first, flags=re.S))
+        untrained = "".join(htmllib.unescape(t) for t in
+                            re.findall(r'<span class="tok">(.*?)</span>', first, flags=re.S))
+        assert trained == "positive<|im_end|>"
+        assert "<|im_start|>user\nThe movie was wonderful." in untrained and "assistant" in untrained
+        assert batch.count('<div class="example"') == 5                                  # the valid lines
+        last = htmllib.unescape(re.sub(r"<[^>]+>", "", batch.split('<div class="example"')[5]))
+        assert "<EMAIL>" in last and "jane.doe" not in last                # cleaned as training data is
+        assert "/tmp" not in body.split('id="data-error"')[0].split("<h2>")[1][:200]    # shown by its name
+        # a file with an unsupported name, and no file at all: one line each
+        bad = upload(c, token, b"x", name="notes.txt")
+        assert bad.status_code == 400 and "unsupported data file" in bad.text
+        none = c.post("/ui/data", data={"csrf_token": token})
+        assert none.status_code == 400 and "choose a data file" in none.text
+
+
+def test_data_upload_is_size_limited(runs_root, tiny_model_dir, monkeypatch):
+    from tunesmith.serve.dashboard import tools
+    monkeypatch.setattr(tools, "UPLOAD_MAX_BYTES", 2000)
+    with make_client(runs_root, model=str(tiny_model_dir)) as c:
+        token = csrf_of(c.get("/ui/data").text)
+        big = (chat_line("hello " * 20, "hi") + "\n").encode() * 30
+        r = upload(c, token, big)
+        assert r.status_code == 413 and "upload limit" in r.text
+        assert upload(c, token, planted_data()).status_code == 200          # under the limit: checked
+    assert not list(Path(tempfile.gettempdir()).glob("tunesmith-dashboard-*/data-*"))
+
+
+def test_data_page_uses_a_runs_recipe(tmp_path, tiny_model_dir):
+    from tiny import tiny_recipe, write_sentiment
+    root = tmp_path / "runs"
+    run = make_run(root, "cls-001")
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, write_sentiment(tmp_path / "s.jsonl"))
+    (run / "recipe.yaml").write_text(recipe.read_text())
+    rows = b"".join(json.dumps(r).encode() + b"\n" for r in [{"text": "wonderful great", "label": 1},
+                                                              {"text": "cold bland", "label": 0},
+                                                              {"text": "no label here"}])
+    with make_client(root) as c:                       # the server's own model is not even loadable
+        token = csrf_of(c.get("/ui/data").text)
+        r = upload(c, token, rows, run="cls-001")
+        assert r.status_code == 200, r.text[:400]
+        labels = r.text.split('id="data-labels"')[1].split("</table>")[0]
+        assert "positive" in labels and "negative" in labels
+        assert "line 3:" in r.text.split('id="data-errors"')[1]
+        shown = re.sub(r"<[^>]+>", "", r.text.split('id="batch"')[1])
+        assert "Is this positive or negative?" in shown                                  # the recipe's instruction
+        assert upload(c, token, rows, run="nope-001").status_code == 404
+
+
+# ---- new job page ------------------------------------------------------------------------------------------------
+
+def jobs_parts(tmp_path):
+    from tunesmith.jobs.app import JobsParts
+    from tunesmith.jobs.settings import JobsSettings
+    return JobsParts(JobsSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", files_dir=tmp_path / "files",
+                                  template={"train": {"batch_size": 4}}, models={"tiny": "/models/tiny-llama"}))
+
+
+def test_new_job_form_submits_through_the_jobs_api_with_its_messages(runs_root, tmp_path, tiny_model_dir):
+    parts = jobs_parts(tmp_path)
+    with make_client(runs_root, keys=[KEY], routers=parts.routers, model=str(tiny_model_dir)) as c:
+        bearer = {"authorization": f"Bearer {KEY}"}
+        rows = "".join(chat_line(f"hi {i}", "hello") + "\n" for i in range(12))
+        file_id = c.post("/v1/files", files={"file": ("t.jsonl", rows.encode(), "application/jsonl")},
+                         data={"purpose": "fine-tune"}, headers=bearer).json()["id"]
+        sign_in(c)
+        page = c.get("/ui/new")
+        assert page.status_code == 200
+        for name in ("model", "training_file", "validation_file", "method", "n_epochs", "batch_size",
+                     "learning_rate_multiplier", "beta", "suffix", "seed"):
+            assert f'name="{name}"' in page.text, name
+        assert "Passes over the training data." in page.text and 'max="50"' in page.text   # pydantic description
+        assert f'<option value="{file_id}">t.jsonl</option>' in page.text
+        token = csrf_of(page.text)
+        form = {"model": "tiny", "training_file": file_id, "method": "supervised", "n_epochs": "0"}
+        assert c.post("/ui/new", data=form).status_code == 403
+        bad = c.post("/ui/new", data={**form, "csrf_token": token})
+        api = c.post("/v1/fine_tuning/jobs", headers=bearer, json={
+            "model": "tiny", "training_file": file_id,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}})
+        assert api.status_code == 400 and bad.status_code == 400
+        message = api.json()["error"]["message"]
+        assert "n_epochs" in message
+        assert htmllib.unescape(bad.text.split('id="job-error">')[1].split("</p>")[0]) == message
+        assert 'value="0"' in bad.text                                                    # the values are kept
+        weird = c.post("/ui/new", data={**form, "n_epochs": "many", "csrf_token": token})
+        assert weird.status_code == 400 and "many" in weird.text
+        ok = c.post("/ui/new", data={**form, "n_epochs": "2", "batch_size": "4", "suffix": "ui", "seed": "7",
+                                     "csrf_token": token})
+        assert ok.status_code == 200, ok.text[:300]
+        job_id = ok.text.split('id="job-created">Created fine-tuning job <b>')[1].split("</b>")[0]
+        job = c.get(f"/v1/fine_tuning/jobs/{job_id}", headers=bearer).json()
+        assert job["hyperparameters"]["n_epochs"] == 2 and job["seed"] == 7 and job["user_provided_suffix"] == "ui"
+        # the data page offers the jobs API's files and validates one of them
+        data_page = c.get("/ui/data").text
+        assert f'<option value="{file_id}">t.jsonl' in data_page
+        picked = c.post("/ui/data", data={"file_id": file_id, "csrf_token": token})
+        assert picked.status_code == 200 and "<th>lines</th><td>12</td>" in picked.text
+
+
+def test_recipe_check_shows_one_line_or_the_resolved_recipe(runs_root, tmp_path):
+    data_file = tmp_path / "t.jsonl"
+    data_file.write_text(chat_line("hi", "hello") + "\n")
+    with make_client(runs_root) as c:
+        page = c.get("/ui/new").text
+        assert 'id="jobs-off"' in page and "not submitted" in page
+        token = csrf_of(page)
+        good = f"model: {{name: /models/tiny}}\ndata: {{train: {data_file}}}\ntrain: {{lr: 0.001}}\n"
+        assert c.post("/ui/recipe/check", data={"recipe": good}).status_code == 403
+        ok = c.post("/ui/recipe/check", data={"recipe": good, "csrf_token": token})
+        assert ok.status_code == 200
+        resolved = yaml.safe_load(htmllib.unescape(ok.text.split('id="recipe-resolved">')[1].split("</pre>")[0]))
+        assert resolved["train"]["lr"] == 0.001 and resolved["train"]["batch_size"] == 8
+        bad = c.post("/ui/recipe/check", data={"recipe": good.replace("lr: 0.001", "lr: 5"), "csrf_token": token})
+        line = bad.text.split('id="recipe-error">')[1].split("</p>")[0]
+        assert bad.status_code == 400 and "train.lr" in line and "\n" not in line and "data-" not in line
+        typo = c.post("/ui/recipe/check", data={"recipe": good + "trian: {}\n", "csrf_token": token})
+        assert typo.status_code == 400 and "trian" in typo.text
+        assert c.post("/ui/new", data={"model": "x", "csrf_token": token}).status_code == 400   # no jobs API
+
+
+# ---- playground ----------------------------------------------------------------------------------------------------
+
+def test_playground_proxy_streams_with_the_sessions_key(runs_root, tiny_model_dir):
+    with make_client(runs_root, keys=[KEY], model=str(tiny_model_dir), model_id="tiny-base",
+                     batch_wait_ms=0) as c:
+        body = {"model": "tiny-base", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5,
+                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        assert c.post("/ui/playground/chat", json=body).status_code == 401               # no cookie
+        sign_in(c)
+        page = c.get("/ui/playground")
+        assert page.status_code == 200 and '<option selected>tiny-base</option>' in page.text
+        assert KEY not in page.text                                                         # the key stays server-side
+        token = csrf_of(page.text)
+        assert c.post("/ui/playground/chat", json=body).status_code == 403               # no CSRF token
+        r = c.post("/ui/playground/chat", json=body, headers={CSRF_HEADER: token})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"])
+        assert text and chunks[-1]["usage"]["completion_tokens"] == 5 and r.text.rstrip().endswith("[DONE]")
+        # the same request straight to the API without the key is refused: the proxy added it
+        assert c.post("/v1/chat/completions", json=body).status_code == 401
+        plain = c.post("/ui/playground/chat", json={**body, "stream": False, "stream_options": None},
+                       headers={CSRF_HEADER: token})
+        assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"]
+        # the API's own errors come back as they are
+        missing = c.post("/ui/playground/chat", json={**body, "model": "nope"}, headers={CSRF_HEADER: token})
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
+        assert c.post("/ui/playground/chat", content=b"[1]", headers={CSRF_HEADER: token,
+                                                                      "content-type": "application/json"}).status_code == 400

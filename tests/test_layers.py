@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 # Highest first. A module may import its own layer or any lower one (never a higher one).
 LAYERS: list[set[str]] = [
     {"cli"},
-    {"serve", "jobs"},
-    {"pipeline", "verify", "sweep", "advise", "chat", "tracking", "runs", "eval.stage"},
+    {"serve", "jobs", "lifecycle.source"},
+    {"pipeline", "verify", "sweep", "advise", "chat", "tracking", "runs", "eval.stage", "eval.backward", "lifecycle"},
     {"tuned", "session", "export", "gguf_export"},
     {"objectives"},
     {"eval"},

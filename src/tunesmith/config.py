@@ -276,7 +276,44 @@ class ExportConfig(_Strict):
     verify: bool = Field(True, description="Run `tunesmith verify` on the exported artifacts at the end of a run.")
 
 
+class PromoteConfig(_Strict):
+    """Promotion gates checked by `tunesmith promote NAME@vN` before `champion` moves to the version."""
+    min_gain: float | None = Field(
+        0.0, ge=-1e9, le=1e9, description="Minimum gain of the headline metric over the parent version "
+        "(over the base model for v1); negative allows a drop; null disables.")
+    non_inferiority: float | None = Field(
+        0.02, ge=0, le=1e9, description="Largest drop allowed on each ancestor test suite (backward "
+        "evaluation); null disables.")
+    max_perplexity_rise: float | None = Field(
+        0.05, ge=0, le=1e9, description="Largest relative rise of general-text perplexity (0.05 = 5%); null disables.")
+    max_latency_s: float | None = Field(None, gt=0, le=1e9, description="Largest mean seconds per evaluated "
+                                        "answer; null disables.")
+    max_size_mb: float | None = Field(None, gt=0, le=1e12, description="Largest size of the served model "
+                                      "files in MB; null disables.")
+
+
+class ContinueConfig(_Strict):
+    """How `tunesmith continue NAME@ALIAS DATA` trains version N+1 from version N (ignored by other commands)."""
+    strategy: Literal["replay", "stack"] = Field(
+        "replay", description="replay: keep training the parent's adapter on the new data mixed with a sample of "
+                              "the ancestors' training data (LoRA-family parents); stack: the parent's merged "
+                              "model becomes the base and a fresh adapter is trained.")
+    replay_ratio: float | None = Field(
+        None, ge=0, lt=1, description="Share of the final training mix drawn from the ancestors' training data "
+                                      "(stratified by label, deduplicated, seeded); default 0.3 for replay, 0 for stack.")
+    replay_max: int | None = Field(None, ge=1, le=10**9, description="At most this many replayed examples.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the replay sample.")
+
+    def ratio(self) -> float:
+        """The replay share in effect for the strategy."""
+        if self.replay_ratio is not None:
+            return self.replay_ratio
+        return 0.3 if self.strategy == "replay" else 0.0
+
+
 class Recipe(_Strict):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)   # `continue:`
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name (prefix of the run directory).")
     task: Literal["sft", "classification", "qa", "summarization", "pretraining", "preference"] = Field(
         "sft", description="Task; chooses the default evaluation metrics.")
@@ -293,6 +330,10 @@ class Recipe(_Strict):
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    continue_: ContinueConfig = Field(default_factory=ContinueConfig, alias="continue",
+                                      description="`tunesmith continue`: strategy and replay share.")
+    promote: PromoteConfig = Field(default_factory=PromoteConfig,
+                                   description="Promotion gates for `tunesmith promote`.")
 
     @model_validator(mode="before")
     @classmethod
@@ -389,7 +430,8 @@ def _section_model(parts: list, member: type[BaseModel] | None) -> type[BaseMode
         if i == 0 and member is not None:
             model = member
             continue
-        field = model.model_fields.get(str(part))
+        field = model.model_fields.get(str(part)) or next(
+            (f for f in model.model_fields.values() if f.alias == str(part)), None)    # `continue` -> continue_
         if field is None:
             continue
         found = _models_in(field.annotation)
@@ -495,7 +537,8 @@ def find_setting(key: str, recipe: Recipe | None = None) -> tuple[FieldInfo | No
     parts = key.split(".")
     where = "the recipe"
     for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)    # `continue` -> continue_
         if field is None:
             return None, f"unknown key '{part}' in {where}; expected one of: {', '.join(sorted(model.model_fields))}"
         last = i == len(parts) - 1

@@ -43,6 +43,9 @@ class LoraMethodConfig(BaseMethodConfig):
     alpha: float = Field(32, gt=0, le=65536, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | Literal["auto"] = _TARGETS
+    init_from: str | None = Field(
+        None, description="Start from this saved adapter folder (trainable) instead of a fresh one; set by "
+                          "`tunesmith continue` to the parent version's adapter (its r/alpha/targets apply).")
 
 
 class IA3MethodConfig(BaseMethodConfig):

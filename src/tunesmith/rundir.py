@@ -119,6 +119,7 @@ class Layout:
     summary_json = property(lambda self: self.path / EVAL / "summary.json")
     verify_json = property(lambda self: self.path / "verify.json")
     tracking_json = property(lambda self: self.path / "tracking.json")
+    lineage_json = property(lambda self: self.path / "lineage.json")
     report_html = property(lambda self: self.path / "report.html")
     report_md = property(lambda self: self.path / "report.md")
 

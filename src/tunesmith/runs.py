@@ -58,8 +58,10 @@ def training_stats(run_dir: str | Path) -> dict:
 
 
 def _recipe(run_dir: Path) -> dict:
+    # the C loader (libyaml) when PyYAML has it: listing many runs reads every recipe
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.safe_load(Layout(run_dir).recipe_path.read_text(encoding="utf-8")) or {}
+        return yaml.load(Layout(run_dir).recipe_path.read_text(encoding="utf-8"), Loader=loader) or {}
     except (OSError, yaml.YAMLError):
         return {}
 

@@ -44,6 +44,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Export the adapter and a merged model directory (with the parity check), or GGUF files."),
     "advise": ("tunesmith.cli.run:advise",
                "Measure zero-shot, few-shot and RAG on a sample, time a training step, recommend a path."),
+    "continue": ("tunesmith.cli.continue_cmd:continue_command",
+                 "Train the next version of a named model on new data (replay or stack), evaluated on every "
+                 "ancestor's tests."),
     "sweep": ("tunesmith.cli.sweep:sweep_command",
               "Hyperparameter sweep (Optuna): every trial is a run; continues an interrupted sweep."),
     "runs": ("tunesmith.cli.runs:runs_app", "List and compare run directories."),
@@ -58,6 +61,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("tunesmith.cli.serve:worker",
                "Train queued fine-tuning jobs from the jobs database (run several for parallel jobs)."),
     "models": ("tunesmith.cli.models:list_models", "List the offline model catalogue."),
+    "register": ("tunesmith.cli.lifecycle:register_command",
+                 "Register a finished run as the next version of a named model (writes lineage.json)."),
+    "versions": ("tunesmith.cli.lifecycle:versions_command",
+                 "Show a named model's versions as a lineage tree: parent, aliases, headline metric, gate verdict, run."),
+    "promote": ("tunesmith.cli.lifecycle:promote_command",
+                "Check the recipe's promotion gates and move the champion alias to a version."),
+    "rollback": ("tunesmith.cli.lifecycle:rollback_command",
+                 "Move the champion alias back to the previous version."),
 }
 
 

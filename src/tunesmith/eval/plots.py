@@ -120,3 +120,29 @@ def lengths_png(lengths: dict[str, list[int]], limit: int | None = None) -> byte
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return png_bytes(fig)
+
+
+def gain_loss_png(backward: dict, earlier: list[dict] | None = None) -> bytes | None:
+    """New-task gain (y) against the change on the old suites (x, mean over the ancestors), one point per
+    continued version (this one, plus ``earlier`` continuations' backward.json); None without numbers."""
+    points = []
+    for b in [*(earlier or []), backward]:
+        suites = b.get("suites") or {}
+        own = suites.get(b.get("version")) or {}
+        old = [s["delta"] for k, s in suites.items() if k != b.get("version") and is_number(s.get("delta"))]
+        if is_number(own.get("delta")) and old:
+            points.append((sum(old) / len(old), own["delta"], f"{b.get('version')} ({b.get('strategy')})"))
+    if not points:
+        return None
+    fig = figure(5.5, 4.0)
+    ax = fig.add_subplot()
+    ax.axhline(0, color="#8c959f", linewidth=0.8)
+    ax.axvline(0, color="#8c959f", linewidth=0.8)
+    for x, y, label in points:
+        ax.scatter([x], [y], color="#1a7f37" if x >= 0 else "#cf222e", s=40, zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("change on ancestors' test sets (old tasks)")
+    ax.set_ylabel("gain on the new test set vs parent")
+    ax.margins(0.25)
+    ax.grid(alpha=0.3)
+    return png_bytes(fig)

@@ -10,7 +10,7 @@ from ..render import CSS, esc, html_table, img_tag, is_number
 from ..rundir import Layout
 from .metrics import LOWER_IS_BETTER, UNPARSED
 from . import report_decision
-from .plots import confusion_png, lengths_png, loss_plot_png, metric_bars_png
+from .plots import confusion_png, gain_loss_png, lengths_png, loss_plot_png, metric_bars_png
 
 _LOSS_ROWS = (("val_loss", "Held-out loss"), ("perplexity", "Perplexity"))
 _METRIC_TITLES = {
@@ -214,6 +214,8 @@ def _markdown(results: dict, images: dict[str, bytes]) -> str:
     out += ["## Base vs tuned", "",
            _md_table(["metric", "base", "tuned", "delta"], [r[:4] for r in _comparison_rows(results)]),
            ""]
+    out += report_decision.lineage_markdown(results, _fmt, _md_table,
+                                            "lineage.png" if "lineage" in images else None)
     if _distillation_rows(results):
         out += ["## Teacher vs student", "", _md_table(_DISTILL_HEADER, _distillation_rows(results),
                                                       numeric=False), ""]
@@ -300,6 +302,8 @@ def _html(results: dict, images: dict[str, bytes]) -> str:
         "<table><thead><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>",
     ]
+    parts += report_decision.lineage_html(results, _fmt, esc, img_tag(images.get("lineage"),
+                                                                      "New-task gain vs old-task change"))
     if _distillation_rows(results):
         parts += ["<h2>Teacher vs student</h2>", html_table(_DISTILL_HEADER, _distillation_rows(results))]
     if images.get("loss"):
@@ -356,6 +360,8 @@ def write_reports(run_dir: str | Path, results: dict) -> tuple[Path, Path]:
               "systems": metric_bars_png(rows, keys, _METRIC_TITLES),
               "confusion": confusion_png(results.get("label_details") or {}),
               "lengths": lengths_png(results.get("lengths") or {}, results.get("max_length"))}
+    if results.get("lineage"):
+        images["lineage"] = gain_loss_png(results["lineage"], results["lineage"].get("earlier"))
     images = {k: v for k, v in images.items() if v}
     for name, png in images.items():
         atomic_write_bytes(run_dir / f"{name}.png", png)

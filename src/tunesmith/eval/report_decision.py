@@ -232,3 +232,61 @@ def html(results: dict, fmt: Callable, title: Callable, e: Callable, kv: Callabl
                                     [[str(d["test_line"]), str(d["train_line"]), f"{d['similarity']:.2f}",
                                       d["test_text"][:160]] for d in listing], attrs=' class="text"'))
     return parts
+
+
+# ----------------------------------------------------------------------------- lineage (continued versions)
+
+def _score_cell(fmt: Callable, metric: str, value) -> str:
+    return "—" if value is None else fmt(metric, value)
+
+
+def lineage_rows(results: dict, fmt: Callable) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """``(header, version × suite rows, per-suite delta rows)`` of a continued version's backward
+    evaluation (eval/backward.json, in ``results["lineage"]``); empty lists for other runs."""
+    lin = results.get("lineage") or {}
+    table = lin.get("table") or {}
+    suites = table.get("suites") or []
+    if not suites:
+        return [], [], []
+    metrics = table.get("metrics") or {}
+    header = ["version"] + [f"{s} ({metrics.get(s, '')})" for s in suites]
+    rows = [[v["version"]] + [_score_cell(fmt, metrics.get(s, ""), v["scores"].get(s)) for s in suites]
+            for v in table.get("versions") or []]
+    deltas = []
+    for name, s in (lin.get("suites") or {}).items():
+        d = s.get("delta")
+        flips = s.get("flips") or {}
+        deltas.append([name, s.get("ancestor", ""), "—" if d is None else f"{d:+.4f}", str(s.get("n", "")),
+                       f"{flips.get('wrong_to_right', 0)} fixed / {flips.get('right_to_wrong', 0)} broken"])
+    return header, rows, deltas
+
+
+_DELTA_HEADER = ["test suite", "compared with", "change", "items", "flips"]
+
+
+def _lineage_intro(lin: dict) -> str:
+    rep = lin.get("replay") or {}
+    return (f"{lin.get('version')} continues {lin.get('parent')} with strategy **{lin.get('strategy')}**"
+            + (f" ({rep.get('count', 0)} replayed examples, ratio {rep.get('ratio', 0):g})" if rep else "")
+            + ". Scores on each version's test suite; the change is this version against the one compared "
+              "with (its parent on the new suite, each ancestor's recorded score on its own suite).")
+
+
+def lineage_markdown(results: dict, fmt: Callable, md_table: Callable, image: str | None) -> list[str]:
+    header, rows, deltas = lineage_rows(results, fmt)
+    if not header:
+        return []
+    out = ["## Lineage: backward transfer", "", _lineage_intro(results["lineage"]), "",
+           md_table(header, rows), "", md_table(_DELTA_HEADER, deltas, numeric=False), ""]
+    if image:
+        out += [f"![New-task gain vs old-task change]({image})", ""]
+    return out
+
+
+def lineage_html(results: dict, fmt: Callable, e: Callable, img: str) -> list[str]:
+    header, rows, deltas = lineage_rows(results, fmt)
+    if not header:
+        return []
+    intro = e(_lineage_intro(results["lineage"])).replace("**", "")
+    return ["<h2>Lineage: backward transfer</h2>", f"<p>{intro}</p>", html_table(header, rows),
+            html_table(_DELTA_HEADER, deltas), img]

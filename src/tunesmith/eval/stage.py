@@ -243,6 +243,7 @@ def evaluate(session: Session, base_result: dict | None = None, tuned_model=None
         atomic_write_json(run.eval_dir / "base.json", base_result)
     diff = compare(base_result, tuned_result, r, session.labels)
     decision = _decide(session, base_result, tuned_result, tuned_model)
+    lineage = _backward(session, tuned_model, tuned_result, base_result)
     summary = {"base": _headline(base_result), "tuned": _headline(tuned_result), **diff,
                "systems": {row["system"]: row["metrics"] for row in decision["systems"]["rows"]},
                "recommendation": decision["recommendation"],
@@ -266,11 +267,23 @@ def evaluate(session: Session, base_result: dict | None = None, tuned_model=None
         **decision,
         "lengths": {name: [t.length for t in seqs] for name, seqs in session.seqs.items() if seqs},
         "max_length": r.data.max_length,
+        "lineage": lineage,
     }
     atomic_write_json(run.eval_dir / "report_data.json", results)
     write_reports(run.path, results)
     run.mark("eval", tuned=summary["tuned"]["metrics"])
     return summary
+
+
+def _backward(session: Session, tuned_model, tuned_result: dict, base_result: dict | None) -> dict | None:
+    """A continued version (`tunesmith continue`): its scores on every ancestor's test suite (eval/backward.json)."""
+    from . import backward
+    out = backward.evaluate_backward(session, tuned_model, tuned_result, base_result)
+    if out is None:
+        return None
+    earlier = [{k: v for k, v in b.items() if k != "earlier"}
+               for b in backward.earlier_backward(backward.continuation(session.run), session.run.path)]
+    return {**out, "earlier": earlier}
 
 
 def _decide(session: Session, base_result, tuned_result, tuned_model) -> dict:

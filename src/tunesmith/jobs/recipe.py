@@ -12,7 +12,7 @@ from .settings import deep_merge
 
 METHOD_TYPES = ("supervised", "dpo", "reinforcement")
 # hyperparameter -> (kind, low, high, low inclusive); beta only for dpo
-_LIMITS: dict[str, tuple[type, float, float, bool]] = {
+HYPERPARAMETER_LIMITS: dict[str, tuple[type, float, float, bool]] = {
     "n_epochs": (int, 1, 50, True),
     "batch_size": (int, 1, 256, True),
     "learning_rate_multiplier": (float, 0, math.inf, False),
@@ -65,7 +65,7 @@ def check_hyperparameters(hp: dict, kind: str, where: str) -> dict:
         if value == "auto" or value is None:
             out[name] = "auto"
             continue
-        typ, lo, hi, lo_incl = _LIMITS[name]
+        typ, lo, hi, lo_incl = HYPERPARAMETER_LIMITS[name]
         ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if typ is int and ok_type and float(value).is_integer():
             value = int(value)

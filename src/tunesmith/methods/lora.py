@@ -26,6 +26,7 @@ class LoRA(PeftMethod):
     """Plain LoRA: ``W + (alpha / r) * B @ A`` with ``B`` starting at zero."""
 
     name = "lora"
+    peft_type = "LORA"
     shares_base = True
     use_dora = False      # DoRA: also learn a per-output-channel magnitude of the adapted weight
     use_rslora = False    # rsLoRA: scale alpha / sqrt(r), stable across ranks

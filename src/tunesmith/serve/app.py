@@ -351,6 +351,9 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
     worker thread: ``lifespans=[parts.worker_running]``).
     """
     metrics = Metrics()
+    if settings.runs or settings.registry:     # named versions and their aliases (name@champion, name@v2)
+        from ..lifecycle.source import VersionsSource
+        sources = [*sources, VersionsSource(settings.runs, settings.registry)]
     registry = Registry(settings, sources, metrics)
     engine = Engine(registry.acquire, max_batch_size=settings.max_batch_size,
                     batch_wait_ms=settings.batch_wait_ms, metrics=metrics)

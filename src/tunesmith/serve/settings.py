@@ -30,6 +30,9 @@ class ServeSettings(BaseModel):
     model_id: str | None = Field(None, min_length=1, description="Id of the base model in the API (default: `model`).")
     runs: list[Path] = Field(default_factory=list,
                              description="Runs roots (folders of run directories) or run directories.")
+    registry: str | None = Field(None, min_length=1, description="MLflow URI of the model registry whose versions "
+                                  "are served as NAME@vN and NAME@ALIAS (default: each runs folder's "
+                                  "sqlite:///<runs>/mlflow.db, with its lineage.json copies).")
     api_keys: list[str] = Field(default_factory=_env_keys, description="Accepted bearer keys; empty: no auth.")
     adapter_budget_mb: float = Field(1024.0, gt=0, description="Memory for loaded fine-tuned models, MB.")
     max_batch_size: int = Field(8, ge=1, le=256, description="Most sequences generated together.")

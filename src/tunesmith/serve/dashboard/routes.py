@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from starlette.routing import NoMatchFound
 from ...errors import TunesmithError
 from ...rundir import Layout
 from ...runs import best_index, compare_runs, training_stats
-from . import data
+from . import data, tool_routes
 from .security import (KEY_COOKIE, LOGIN_PATH, SESSION_COOKIE, Guard, LoginRequired, Refused, new_session,
                        set_cookie)
 
@@ -80,6 +81,18 @@ def dashboard_app(settings, guard: Guard, parent: FastAPI) -> FastAPI:
     templates.env.globals["best"] = best_index
     templates.env.filters.update(duration=_fmt_duration, num=_fmt_num, size=data.human_size)
     roots = [Path(r) for r in settings.runs]
+
+    def warm() -> None:
+        """Compile the runs templates and fill the run-row cache in the background, so the first visit to a
+        folder of hundreds of runs does not read every recipe while the user waits (best effort: a
+        request meanwhile simply computes what it needs itself)."""
+        try:
+            for name in ("runs.html", "rows.html"):
+                templates.env.get_template(name)
+            data.run_rows(data.discover(roots))
+        except (OSError, TunesmithError):
+            pass
+    threading.Thread(target=warm, name="tunesmith-dashboard-warm", daemon=True).start()
     sub = FastAPI(title="tunesmith dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     sub.add_exception_handler(LoginRequired, _login_required)
     sub.add_exception_handler(Refused, _refused)
@@ -106,14 +119,18 @@ def dashboard_app(settings, guard: Guard, parent: FastAPI) -> FastAPI:
     def error_page(request: Request, status: int, message: str) -> HTMLResponse:
         return render(request, "error.html", {"title": "error", "status": status, "message": message}, status)
 
-    async def api(request: Request, method: str, path: str, **params) -> tuple[int, dict]:
-        """Call this server's own API in-process with the signed-in key (every button is an API call)."""
+    async def api(request: Request, method: str, path: str, *, json_body=None, raw: bool = False,
+                  **params) -> tuple[int, dict]:
+        """Call this server's own API in-process with the signed-in key (every button is an API call);
+        ``raw``: the body as bytes under ``"content"`` when the call succeeded."""
         import httpx
         key = guard.api_key(request)
         headers = {"authorization": f"Bearer {key}"} if key else {}
         transport = httpx.ASGITransport(app=parent)
         async with httpx.AsyncClient(transport=transport, base_url="http://dashboard.local") as client:
-            r = await client.request(method, path, headers=headers, params=params or None)
+            r = await client.request(method, path, headers=headers, params=params or None, json=json_body)
+        if raw and r.status_code == 200:
+            return r.status_code, {"content": r.content}
         try:
             body = r.json()
         except ValueError:
@@ -311,6 +328,9 @@ def dashboard_app(settings, guard: Guard, parent: FastAPI) -> FastAPI:
         status, body = await api(request, "POST", f"{JOBS_PATH}/{job_id}/{action}")
         return JSONResponse(body, status_code=status)
 
+    # ---- data, new job, playground (tool_routes.py) -----------------------------------------------------------
+    tool_routes.register(sub, tool_routes.Page(settings=settings, guard=guard, parent=parent, render=render,
+                                               error_page=error_page, api=api, jobs_on=jobs_on, refs=refs))
     return sub
 
 

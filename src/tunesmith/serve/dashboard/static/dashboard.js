@@ -5,6 +5,14 @@
   window.tsCsrf = csrf;
 
   // ---- job actions: the jobs API's cancel / pause / resume, through the dashboard (key + CSRF checked)
+  // action -> the job statuses it applies to (the jobs API's rules; the run page hides the others)
+  var ALLOWED = {cancel: ["validating_files", "queued", "running", "paused"], pause: ["queued", "running"],
+                 resume: ["paused"]};
+  function showActions(section, status) {
+    section.querySelectorAll("button.job-action").forEach(function (b) {
+      b.hidden = (ALLOWED[b.dataset.action] || []).indexOf(status) < 0;
+    });
+  }
   document.addEventListener("click", function (ev) {
     var btn = ev.target.closest ? ev.target.closest("button.job-action") : null;
     if (!btn) return;
@@ -22,6 +30,8 @@
       if (res.ok) {
         var st = document.getElementById("job-status");
         if (st) { st.textContent = res.body.status; st.className = "status s-" + res.body.status; }
+        var section = btn.closest("section.job");
+        if (section) showActions(section, res.body.status);
         if (typeof window.tsRefreshRuns === "function") window.tsRefreshRuns();
       }
     }).catch(function (e) {

@@ -1,0 +1,284 @@
+"""Continue a named model: train version N+1 from version N on new data (`tunesmith continue NAME@ALIAS DATA`).
+
+Strategies (the recipe's ``continue:`` section):
+
+- ``replay`` (default): the parent's adapter (LoRA family) is loaded trainable and trained further on the new
+  data mixed with a stratified, deduplicated, seeded sample of every ancestor's training split
+  (``continue.replay_ratio`` of the final mix, default 0.3). The replayed examples are written into the new
+  run's ``data/train.jsonl`` before training and listed in its manifest (``replay``: per ancestor version the
+  file, its sha256 and the count; per label the count).
+- ``stack``: the parent's merged export becomes the base model and a fresh adapter is trained on the new data
+  (replay only when ``continue.replay_ratio`` is set above 0).
+
+The learning-rate schedule restarts (warmup again: a continued version is a new training run), and the
+strategy, the parent and the replay counts are recorded in ``run.json`` (stage ``continue``), ``train.json``
+(``continuation``), the data manifest and the version's lineage. Everything that can be checked (the parent
+reference, the data, the strategy against the parent's method, a model mismatch) is checked before the new run
+folder is created.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import TunesmithError
+from ..fsutil import atomic_write_json, sha256_file
+from ..rundir import Layout, Run, read_json, read_jsonl
+from .versions import Version, resolve, versions
+
+LORA_FAMILY = ("lora", "dora", "rslora")
+ADAPTER_KEYS = ("r", "alpha", "target_modules")     # fixed by the parent's saved adapter under replay
+ALL = "(all)"                                        # the stratum of examples without a label
+
+
+# ------------------------------------------------------------------------------------ lineage
+
+def ancestry(parent: Version, *, tracking_uri=None, root=None) -> list[Version]:
+    """``parent`` and its ancestors, oldest first (a broken or cyclic chain stops where it breaks)."""
+    chain, seen, v = [parent], {parent.ref}, parent
+    while v.parent and v.parent not in seen:
+        try:
+            v = resolve(v.parent, tracking_uri=tracking_uri, root=root)
+        except TunesmithError:
+            break
+        seen.add(v.ref)
+        chain.append(v)
+    return chain[::-1]
+
+
+# ------------------------------------------------------------------------------------ the child recipe
+
+def _same_model(a: str, b: str) -> bool:
+    from .. import models
+    if a == b:
+        return True
+    try:
+        ra, rb = models.resolve(a), models.resolve(b)
+    except TunesmithError:
+        return False
+    return str(Path(str(ra)).expanduser().resolve()) == str(Path(str(rb)).expanduser().resolve()) \
+        if isinstance(ra, Path) and isinstance(rb, Path) else ra == rb
+
+
+def child_recipe(parent: Version, data: str, overrides: list[str] | None, number: int):
+    """The new version's recipe: the parent's, with the new training data, a new name, the strategy's model and
+    method settings, and the user's overrides; a mismatch with what the strategy needs is a one-line error."""
+    from ..config import load_recipe, parse_overrides
+    parent_run = Run(parent.run_dir)
+    pr = parent_run.recipe
+    raw = pr.model_dump(mode="json")
+    data_path = data if data.startswith("package:") else str(Path(data).expanduser().resolve())
+    if not data.startswith("package:") and not Path(data_path).is_file():
+        raise TunesmithError("new training data not found; expected a JSONL/CSV/Parquet file", file=data)
+    raw["data"].update(train=data_path, validation=None, test=None, format="auto", mix=[], where={},
+                       max_examples=None, labels=None)
+    raw["name"] = f"{parent.name}-v{number}"
+    raw["continue"] = {}
+    asked = parse_overrides(overrides)
+    strategy = ((asked.get("continue") or {}).get("strategy")) or "replay"
+    parent_method = pr.method.name
+    if strategy == "replay":
+        if parent_method not in LORA_FAMILY:
+            raise TunesmithError(f"strategy replay continues the parent's adapter and supports LoRA-family parents "
+                                 f"({', '.join(LORA_FAMILY)}) in this version; {parent.ref} was trained with "
+                                 f"method {parent_method} (use continue.strategy=stack)", field="continue.strategy")
+        if getattr(pr.objective, "name", "sft") in ("classification", "distill"):
+            raise TunesmithError(f"strategy replay cannot continue objective {pr.objective.name} (its own weights are "
+                                 "not carried over); use continue.strategy=stack", field="continue.strategy")
+        if not parent_run.model_dir.is_dir():
+            raise TunesmithError(f"{parent.ref} has no trained adapter to continue from", file=str(parent_run.model_dir))
+        raw["method"]["init_from"] = str(parent_run.model_dir.resolve())
+    elif strategy == "stack":
+        if not parent_run.has_merged():
+            raise TunesmithError(f"strategy stack trains on the parent's merged model, but {parent.ref} has none "
+                                 "(export.merged: true and a mergeable method)", file=str(parent_run.merged_dir))
+        raw["model"]["name"] = str(parent_run.merged_dir.resolve())
+        raw["method"].pop("init_from", None)
+    recipe = load_recipe(raw, overrides)
+    expected = raw["model"]["name"]
+    if not _same_model(recipe.model.name, expected):
+        what = "the parent's merged model" if strategy == "stack" else "the parent's base model"
+        raise TunesmithError(f"model.name {recipe.model.name} does not match {what} {expected}: strategy {strategy} "
+                             f"continues {parent.ref} on that model", field="model.name")
+    if strategy == "replay":
+        if recipe.method.name != parent_method:
+            raise TunesmithError(f"method {recipe.method.name} differs from the parent's {parent_method}; replay "
+                                 "continues the parent's adapter (use continue.strategy=stack for a new method)",
+                                 field="method.name")
+        changed = [k for k in ADAPTER_KEYS if getattr(recipe.method, k) != getattr(pr.method, k)]
+        if changed:
+            raise TunesmithError(f"method.{changed[0]} is fixed by the parent's adapter under replay "
+                                 f"({getattr(pr.method, changed[0])!r}); use continue.strategy=stack for a new adapter",
+                                 field=f"method.{changed[0]}")
+        if Path(recipe.method.init_from or "").resolve() != parent_run.model_dir.resolve():
+            raise TunesmithError("method.init_from is set by `tunesmith continue` to the parent's adapter",
+                                 field="method.init_from")
+    return recipe
+
+
+# ------------------------------------------------------------------------------------ replay sample
+
+def _key(ex) -> str:
+    from ..data.dedup import normalize_key
+    return normalize_key(ex.prompt_key()) + "\x00" + normalize_key(ex.reference or ex.text or "")
+
+
+def _prompt(ex) -> str:
+    from ..data.dedup import normalize_key
+    return normalize_key(ex.prompt_key())
+
+
+def _stratum(ex, inferred: set) -> str:
+    if ex.label is not None:
+        return ex.label
+    if ex.reference is not None and ex.reference in inferred:
+        return ex.reference
+    return ALL
+
+
+def _allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
+    """``n`` split over the strata in proportion to their sizes (largest remainder; never above a size)."""
+    total = sum(sizes.values())
+    if n >= total:
+        return dict(sizes)
+    quota = {k: n * s / total for k, s in sizes.items()}
+    out = {k: int(q) for k, q in quota.items()}
+    for k in sorted(quota, key=lambda k: (-(quota[k] - out[k]), k))[: n - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def replay_sample(ancestors: list[Version], new_splits: dict, ratio: float, max_n: int | None,
+                  seed: int) -> tuple[list, dict]:
+    """A stratified, deduplicated, seeded sample of the ancestors' training splits sized to be ``ratio`` of the
+    final training mix; returns the examples and the manifest's ``replay`` record."""
+    from ..data.example import Example
+    record: dict = {"ratio": ratio, "seed": seed, "requested": 0, "count": 0, "pool": 0, "duplicates_skipped": 0,
+                    "overlap_skipped": 0, "strata": {}, "sources": []}
+    if ratio <= 0 or not ancestors:
+        return [], record
+    new_keys = {_key(ex) for ex in new_splits["train"]}
+    held_out = {_prompt(ex) for name in ("validation", "test") for ex in new_splits[name]}
+    pool, seen = [], set()
+    for v in ancestors:                                  # oldest first: an example is credited to its origin
+        layout = Layout(v.run_dir)
+        path = layout.data_dir / "train.jsonl"
+        if not path.is_file():
+            raise TunesmithError(f"ancestor {v.ref} has no training split to replay", file=str(path))
+        manifest = read_json(layout.data_dir / "manifest.json") or {}
+        inferred = set(manifest.get("inferred_labels") or [])
+        source = {"version": v.ref, "run_dir": str(v.run_dir), "file": str(path), "sha256": sha256_file(path),
+                  "pool": 0, "count": 0}
+        for rec in read_jsonl(path):
+            ex = Example(**rec)
+            key = _key(ex)
+            if key in seen or key in new_keys:
+                record["duplicates_skipped"] += 1
+                continue
+            if _prompt(ex) in held_out:
+                record["overlap_skipped"] += 1
+                continue
+            seen.add(key)
+            pool.append((len(record["sources"]), _stratum(ex, inferred), ex))
+            source["pool"] += 1
+        record["sources"].append(source)
+    n_new = len(new_splits["train"])
+    want = round(ratio * n_new / (1 - ratio))
+    if max_n is not None:
+        want = min(want, max_n)
+    record.update(requested=want, pool=len(pool))
+    by_stratum: dict[str, list] = {}
+    for item in pool:
+        by_stratum.setdefault(item[1], []).append(item)
+    quota = _allocate({k: len(v) for k, v in by_stratum.items()}, want)
+    rng = random.Random(seed)
+    chosen = []
+    for stratum in sorted(by_stratum):
+        chosen += rng.sample(by_stratum[stratum], quota[stratum])
+    out = []
+    for src, stratum, ex in chosen:
+        s = record["sources"][src]
+        s["count"] += 1
+        out.append(replace(ex, source=f"replay {s['version']}: {ex.source}", task=None))
+    record["count"] = len(out)
+    record["strata"] = dict(sorted(Counter(stratum for _, stratum, _ in chosen).items()))
+    return out, record
+
+
+# ------------------------------------------------------------------------------------ continue
+
+def _check_label_set(recipe, manifest: dict) -> None:
+    from .. import objectives
+    own_eval = callable(getattr(objectives.OBJECTIVES.get(recipe.objective.name), "evaluate", None))
+    if "accuracy" in recipe.metrics() and not own_eval and not manifest.get("tasks") \
+            and not (manifest.get("labels") or manifest.get("inferred_labels")):
+        raise TunesmithError(f"task {recipe.task} measures accuracy over a label set, but the new data has none "
+                             "declared (data.labels) or inferable; set data.labels or eval.metrics",
+                             field="data.labels")
+
+
+def next_number(name: str, *, tracking_uri=None, root=None) -> int:
+    found = versions(name, tracking_uri=tracking_uri, root=root)
+    return max((v.number for v in found), default=0) + 1
+
+
+def prepare_continuation(ref: str, data: str, overrides: list[str] | None = None, *, tracking_uri=None,
+                         root=None) -> tuple[Run, Version, dict]:
+    """Check everything, then create the new run folder with its data (new + replayed) and the continuation
+    record; returns ``(run, parent version, record)``. Nothing is created when a check fails."""
+    from .. import models
+    from ..data import prepare as data_prepare
+    parent = resolve(ref, tracking_uri=tracking_uri, root=root)
+    chain = ancestry(parent, tracking_uri=tracking_uri, root=root)
+    number = next_number(parent.name, tracking_uri=tracking_uri, root=root)
+    recipe = child_recipe(parent, data, overrides, number)
+    cfg = recipe.continue_
+    models.resolve(recipe.model.name)
+    models.check_max_length(recipe.model.name, recipe.data.max_length)
+    splits, manifest = data_prepare.build_splits(recipe)
+    _check_label_set(recipe, manifest)
+    replayed, replay = replay_sample(chain, splits, cfg.ratio(), cfg.replay_max, cfg.seed)
+    if replayed:
+        train = splits["train"] + replayed
+        random.Random(cfg.seed).shuffle(train)
+        splits["train"] = train
+        replay["new_examples"] = len(train) - len(replayed)
+        replay["share"] = len(replayed) / len(train)
+    manifest["replay"] = replay
+    manifest["counts"] = {k: len(v) for k, v in splits.items()}
+    record = {"parent": parent.ref, "parent_run": str(parent.run_dir), "name": parent.name, "version": number,
+              "strategy": cfg.strategy, "ancestors": [{"ref": v.ref, "run_dir": str(v.run_dir)} for v in chain],
+              "replay": {k: replay[k] for k in ("ratio", "requested", "count", "pool", "strata")},
+              "init_from": getattr(recipe.method, "init_from", None), "model": recipe.model.name,
+              "lr_schedule": f"restarted: {recipe.train.scheduler} with warmup_ratio {recipe.train.warmup_ratio} "
+                             "(a new training run)"}
+    run = Run.create(recipe)
+    data_prepare.save_splits(run.data_dir, splits, manifest)
+    run.mark("prepare", counts=manifest["counts"])
+    run.mark("continue", **record)
+    return run, parent, record
+
+
+def continue_version(ref: str, data: str, overrides: list[str] | None = None, *, tracking_uri=None, root=None,
+                     after_export=None, register_version: bool = True) -> Version | Path:
+    """Train version N+1 of ``ref``'s model on ``data`` (see the module docstring); runs the whole pipeline
+    (train, evaluation with backward transfer, export) and registers the result as ``NAME@vN+1``."""
+    from .. import pipeline
+    from ..train.progress import console
+    from .versions import register
+    run, parent, record = prepare_continuation(ref, data, overrides, tracking_uri=tracking_uri, root=root)
+    rep = record["replay"]
+    console.print(f"continuing {parent.ref} with strategy {record['strategy']}: "
+                  f"{rep['count']} replayed example(s) from {len(record['ancestors'])} version(s) "
+                  f"(ratio {rep['ratio']:g}) -> {run.path}", markup=False, highlight=False)
+    pipeline.run(run, after_export=after_export)
+    info = read_json(run.train_json) or {}
+    atomic_write_json(run.train_json, {**info, "continuation": record})
+    if not register_version:
+        return run.path
+    return register(run.path, parent.name, parent=parent.ref, strategy=record["strategy"], tracking_uri=tracking_uri)
+
+
+__all__ = ["continue_version", "prepare_continuation", "child_recipe", "replay_sample", "ancestry", "next_number"]
