@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-shots-") as tmp:
         settings = ServeSettings(model=model, runs=[args.runs.resolve()], api_keys=[key],
-                                 default_max_tokens=args.max_tokens, batch_wait_ms=0)
+                                 batch_wait_ms=0)
         parts = parts_for_server(f"sqlite:///{Path(tmp) / 'jobs.db'}", base_id=settings.base_id, base_model=model,
                                  runs_dir=Path(tmp) / "job-runs", files_dir=Path(tmp) / "files", worker=False)
         app = create_app(settings, sources=parts.sources, routers=parts.routers)
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
                     d.find_element("id", "data-submit").click()
                     wait_for(lambda: d.find_elements("id", "data-summary") or d.find_elements("id", "data-error"),
                              timeout=300, what="the data report")
+                    d.execute_script("var t = document.getElementById('data-summary');"
+                                     "if (t && t.previousElementSibling) t.previousElementSibling.scrollIntoView();")
                     shoot(d, "data")
 
                 d.get(srv.url + "/ui/new")
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
                 options = [o.text for o in Select(d.find_element("id", "side-model-b")).options]
                 if rid in options:
                     Select(d.find_element("id", "side-model-b")).select_by_visible_text(rid)
+                d.find_element("id", "max-tokens").clear()
+                d.find_element("id", "max-tokens").send_keys(str(args.max_tokens))
                 d.find_element("id", "side-input").send_keys(test_prompt(run))
                 d.find_element("id", "side-send").click()
                 both = "return ['a', 'b'].every(p => document.getElementById('answer-' + p).dataset.done === '1');"

@@ -1,4 +1,6 @@
-"""The dashboard in headless Chromium against a real uvicorn server: sign in, runs list, live curves, compare.
+"""The dashboard in headless Chromium against a real uvicorn server: sign in, runs list, live curves, compare;
+data, new job, playground; and a job launched from the form, trained by a real worker on the tiny model
+(live curve, pause, resume, report, compare, side-by-side chat).
 
 Fails on any JavaScript console error. With ``TUNESMITH_SCREENSHOTS=1`` the pages are saved as PNGs in
 docs/screenshots/ (for the README); otherwise into the test's temporary folder.
@@ -8,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from jobs_util import TEMPLATE, chat_rows, jsonl
 from test_dashboard import KEY, make_run, write_metrics
 from tunesmith.serve import ServeSettings
 from tunesmith.serve.app import create_app
@@ -276,12 +280,9 @@ def test_job_from_form_live_pause_resume_report_compare_chat(tmp_path, browser, 
     """The whole flow on the tiny model with a real worker: create a job in the New job form, watch its live
     curve gain points, pause it (it stops at a checkpoint), resume it, open the finished run's report, compare
     it with a second run, chat side by side with base and tuned. No JavaScript error on any page."""
-    import threading
-
     import httpx
     from selenium.webdriver.support.ui import Select
 
-    from jobs_util import TEMPLATE, chat_rows, jsonl
     from tunesmith import pipeline
     from tunesmith.jobs.app import parts_for_server
     # the tiny model trains a step in milliseconds: hold it at step 2 until the page watches, then slow it to
