@@ -57,6 +57,13 @@
     return data;
   }
 
+  // small values (learning rates) keep their digits: 3e-4, not 0
+  function tick(v) {
+    if (v === 0 || v == null) return v === 0 ? "0" : "";
+    var a = Math.abs(v);
+    return a < 0.01 || a >= 1e5 ? v.toExponential(1) : String(+v.toPrecision(4));
+  }
+
   function width(node) { return Math.max(300, node.clientWidth - 12); }
 
   function build(spec) {
@@ -65,7 +72,7 @@
     var opts = {
       title: spec.title, width: width(node), height: 220,
       scales: {x: {time: false}, y: {distr: logBox.checked ? 3 : 1}},
-      axes: [{label: "step"}, {size: 60}],
+      axes: [{label: "step"}, {size: 60, values: function (u, ticks) { return ticks.map(tick); }}],
       series: [{label: "step"}].concat(spec.series.map(function (s) {
         return {label: s[0], stroke: s[3], width: s[1] === "eval" ? 2 : 1.5, spanGaps: true,
                 points: {show: s[1] === "eval"}};
