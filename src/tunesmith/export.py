@@ -5,12 +5,12 @@ import json
 import shutil
 from pathlib import Path
 
+from . import methods
 from .config import Recipe, dump_recipe
 from .fsutil import atomic_write_json, atomic_write_text, publish_dir
 from .models import CATALOGUE
 from .rundir import Layout
 
-PEFT_METHODS = {"lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning"}
 
 
 def model_card(recipe: Recipe, manifest: dict, summary: dict, kind: str) -> str:
@@ -23,7 +23,7 @@ def model_card(recipe: Recipe, manifest: dict, summary: dict, kind: str) -> str:
     return f"""---
 license: {license_}
 base_model: {recipe.model.name}
-library_name: {"peft" if kind == "adapter" and recipe.method.name in PEFT_METHODS else
+library_name: {"peft" if kind == "adapter" and methods.get(recipe.method.name).peft_adapter else
                 "tunesmith" if kind == "adapter" else "transformers"}
 tags: [tunesmith, {recipe.method.name}, {recipe.task}]
 ---

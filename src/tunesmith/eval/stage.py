@@ -167,7 +167,6 @@ def base_cache(session: Session):
 
 
 # objectives whose base evaluation is not the base model's alone, or leaves state the tuned evaluation uses
-_UNCACHED_BASE = {"distill"}     # distill evaluates the teacher and keeps its result for the comparison
 
 
 def _example_key(ex) -> dict:
@@ -184,7 +183,7 @@ def _settings(session: Session) -> dict:
 
 def _zero_shot_inputs(session: Session) -> dict | None:
     r = session.run.recipe
-    if r.objective.name in _UNCACHED_BASE:
+    if session.objective.own_model:     # e.g. distill: its base evaluation is the teacher's, kept for the comparison
         return None
     tasks = session.manifest.get("tasks")
     exs, seqs = (session.splits["test"], session.seqs["test"]) if tasks else session.eval_examples()

@@ -28,7 +28,6 @@ from ..fsutil import atomic_write_json, sha256_file
 from ..rundir import Layout, Run, read_json, read_jsonl
 from .versions import Version, resolve, versions
 
-LORA_FAMILY = ("lora", "dora", "rslora")
 ADAPTER_KEYS = ("r", "alpha", "target_modules")     # fixed by the parent's saved adapter under replay
 ALL = "(all)"                                        # the stratum of examples without a label
 
@@ -65,6 +64,7 @@ def _same_model(a: str, b: str) -> bool:
 def child_recipe(parent: Version, data: str, overrides: list[str] | None, number: int):
     """The new version's recipe: the parent's, with the new training data, a new name, the strategy's model and
     method settings, and the user's overrides; a mismatch with what the strategy needs is a one-line error."""
+    from .. import methods, objectives
     from ..config import load_recipe, parse_overrides
     parent_run = Run(parent.run_dir)
     pr = parent_run.recipe
@@ -80,11 +80,13 @@ def child_recipe(parent: Version, data: str, overrides: list[str] | None, number
     strategy = ((asked.get("continue") or {}).get("strategy")) or "replay"
     parent_method = pr.method.name
     if strategy == "replay":
-        if parent_method not in LORA_FAMILY:
+        if not methods.get(parent_method).shares_base:
+            lora_family = ", ".join(n for n in methods.METHODS if methods.get(n).shares_base)
             raise TunesmithError(f"strategy replay continues the parent's adapter and supports LoRA-family parents "
-                                 f"({', '.join(LORA_FAMILY)}) in this version; {parent.ref} was trained with "
+                                 f"({lora_family}) in this version; {parent.ref} was trained with "
                                  f"method {parent_method} (use continue.strategy=stack)", field="continue.strategy")
-        if getattr(pr.objective, "name", "sft") in ("classification", "distill"):
+        parent_objective = objectives.OBJECTIVES.get(getattr(pr.objective, "name", "sft"))
+        if parent_objective is not None and (not parent_objective.generates_text or parent_objective.own_model):
             raise TunesmithError(f"strategy replay cannot continue objective {pr.objective.name} (its own weights are "
                                  "not carried over); use continue.strategy=stack", field="continue.strategy")
         if not parent_run.model_dir.is_dir():
