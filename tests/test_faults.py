@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import make_model
+from tiny import review_sequences, make_model
 from tunesmith.config import MethodConfig, TrainConfig
 from tunesmith.data.example import Example
 from tunesmith.data.tokenize import tokenize_all
@@ -26,12 +26,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture(scope="module")
 def data(tokenizer):
-    words = ["great", "bland", "wonderful", "cold"]
-    exs = [Example(messages=[{"role": "user", "content": f"review {i}: the movie was {words[i % 4]}"},
-                             {"role": "assistant", "content": "positive" if i % 2 == 0 else "negative"}])
-           for i in range(44)]
-    seqs, _ = tokenize_all(exs, tokenizer, 64)
-    return seqs[:40], seqs[40:]
+    return review_sequences(tokenizer)
 
 
 def lora_model(tokenizer):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tiny import make_model
+from tiny import review_sequences, make_model
 from tunesmith.config import MethodConfig, TrainConfig
 from tunesmith.data.example import Example
 from tunesmith.data.tokenize import tokenize_all
@@ -40,12 +40,7 @@ def _unpinned(monkeypatch):
 
 @pytest.fixture
 def data(tokenizer):
-    words = ["great", "bland", "wonderful", "cold"]
-    exs = [Example(messages=[{"role": "user", "content": f"review {i}: the movie was {words[i % 4]}"},
-                             {"role": "assistant", "content": "positive" if i % 2 == 0 else "negative"}])
-           for i in range(44)]
-    seqs, _ = tokenize_all(exs, tokenizer, 64)
-    return seqs[:40], seqs[40:]
+    return review_sequences(tokenizer)
 
 
 def lora_model(tokenizer, dropout=0.1):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tiny import make_model
+from tiny import review_sequences, make_model
 from tunesmith.config import MethodConfig, TrainConfig, load_recipe
 from tunesmith.data.example import Example
 from tunesmith.data.tokenize import tokenize_all
@@ -61,12 +61,7 @@ def test_the_plan_fits_steps_validations_and_saves_in_the_budget():
 
 @pytest.fixture
 def data(tokenizer):
-    words = ["great", "bland", "wonderful", "cold"]
-    exs = [Example(messages=[{"role": "user", "content": f"review {i}: the movie was {words[i % 4]}"},
-                             {"role": "assistant", "content": "positive" if i % 2 == 0 else "negative"}])
-           for i in range(44)]
-    seqs, _ = tokenize_all(exs, tokenizer, 64)
-    return seqs[:40], seqs[40:]
+    return review_sequences(tokenizer)
 
 
 def cfg(**kw):

@@ -111,3 +111,15 @@ def tree_digest(path: Path) -> str:
             h.update(str(p.relative_to(path)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def review_sequences(tokenizer):
+    """44 short tokenised reviews with one-word answers: 40 to train on, 4 to validate (loop-level tests)."""
+    from tunesmith.data.example import Example
+    from tunesmith.data.tokenize import tokenize_all
+    words = ["great", "bland", "wonderful", "cold"]
+    exs = [Example(messages=[{"role": "user", "content": f"review {i}: the movie was {words[i % 4]}"},
+                             {"role": "assistant", "content": "positive" if i % 2 == 0 else "negative"}])
+           for i in range(44)]
+    seqs, _ = tokenize_all(exs, tokenizer, 64)
+    return seqs[:40], seqs[40:]
