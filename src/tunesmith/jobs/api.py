@@ -198,12 +198,12 @@ def _change(ctx: JobsContext, job_id: str, allowed: tuple[str, ...], action: str
     """Move a job from one of ``allowed`` to ``to`` (atomically) or answer 400 naming its status."""
     _job(ctx, job_id)
     with ctx.db.session() as s:
-        if transition(s, job_id, allowed, status=to, **values):
+        changed = transition(s, job_id, allowed, status=to, **values)
+        if changed:
             add_event(s, job_id, message)
-            changed = True
-        else:
-            changed = False
-    row = _job(ctx, job_id)
+        # read in the same transaction: the answer is the state this request made, even when a
+        # worker claims the job the moment it commits
+        row = s.scalar(select(JobRow).where(JobRow.id == job_id))
     if not changed:
         done = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}[action]
         raise bad_request(f"Cannot {action} job {job_id}: its status is '{row.status}'; only "
