@@ -130,8 +130,15 @@ def test_run_reports_baselines_forgetting_and_contamination(recipe_file):
     run_dir = pipeline.run(path)
     data = json.loads((run_dir / "eval" / "report_data.json").read_text())
     rows = {r["system"]: r for r in data["systems"]["rows"]}
-    assert set(rows) == {"majority", "base", "few_shot", "rag", "tuned", "tuned_rag"}
+    assert set(rows) == {"majority", "base", "few_shot", "rag", "tuned", "tuned_rag", "base_label_safe",
+                         "tuned_label_safe"}
     assert data["systems"]["n"] == 12
+    for system in ("base", "tuned"):          # label-safe decoding: every answer is one of the labels
+        safe = rows[f"{system}_label_safe"]
+        assert sum(safe["answers"].values()) == 12 and safe["answers"].get("unparsed", 0) == 0
+        assert 0 <= safe["calibration"]["ece"] <= 1 and safe["calibration"]["n"] == 12
+        assert safe["calibration"]["second_choice_right"] <= safe["calibration"]["wrong"]
+    assert "## Label-safe decoding" in (run_dir / "report.md").read_text() and (run_dir / "calibration.png").is_file()
     for key in rows:
         assert "accuracy" in rows[key]["metrics"] and (key == "majority" or rows[key]["latency_s"] > 0)
         lo, hi = rows[key]["intervals"]["accuracy"]

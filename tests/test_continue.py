@@ -1,4 +1,5 @@
-"""`tunesmith continue`: replay vs no replay on a disjoint task, stack, backward-transfer evaluation, bad input."""
+"""`tunesmith continue`: replay vs no replay on a disjoint task, stack, regularize (L2-SP), `model.from` in a
+recipe, backward-transfer evaluation, bad input."""
 from __future__ import annotations
 
 import io
@@ -34,7 +35,8 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def lineage(tmp_path_factory, tiny_model_dir):
-    """v1 learns task A; v2 continues on B without replay, v3 (also from v1) with replay, v4 stacks on v1."""
+    """v1 learns task A; v2 continues on B without replay, v3 (also from v1) with replay, v4 stacks on v1, v5
+    regularizes toward v1 (default weight), v6 is `tunesmith run` of a recipe with `model.from: tiny@v1`."""
     from tunesmith import pipeline
     from tunesmith.lifecycle import register
     from tunesmith.lifecycle.continuation import continue_version
@@ -53,7 +55,43 @@ def lineage(tmp_path_factory, tiny_model_dir):
         out["v3"] = continue_version("tiny@v1", str(b_file), [*B_ARGS, *QUIET, "continue.replay_ratio=0.3"],
                                      root=runs)
         out["v4"] = continue_version("tiny@v1", str(b_file), [*B_ARGS, *QUIET, "continue.strategy=stack"], root=runs)
+        out["v5"] = continue_version("tiny@v1", str(b_file), [*B_ARGS, *QUIET, "continue.strategy=regularize"],
+                                     root=runs)
+        from tunesmith.cli import main
+        from tunesmith.lifecycle.versions import resolve
+        before = set(runs.iterdir())
+        out["from_code"] = main(["run", str(from_recipe(root, runs, "tiny@v1"))])
+        out["from_dirs"] = set(runs.iterdir()) - before
+        out["v6"] = resolve("tiny@v6", root=runs)
     return out
+
+
+def from_recipe(root: Path, runs: Path, ref: str, **model) -> Path:
+    """A user recipe (its data path relative to it) training task B as the next version of ``ref``."""
+    import yaml
+    recipe = {"name": "from-recipe", "task": "classification", "output_dir": str(runs),
+              "model": {"from": ref, **model},
+              "data": {"train": "task_b.jsonl", "format": "labelled", "labels": {"0": "neutral", "1": "review"},
+                       "instruction": "Is this neutral or a review?", "max_length": 64, "clean": {"near_dedup": False}},
+              "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "eval_every": 5, "save_every": 5},
+              "eval": {"max_new_tokens": 4, "batch_size": 8, "embedding_model": "tfidf", "baselines": [],
+                       "compare_base": False},
+              "forgetting": {"general_text": None, "general_prompts": None},
+              "export": {"check_parity": False, "merged": False},
+              "tracking": {"mlflow": False}, "continue": {"replay_ratio": 0}}
+    path = root / f"from-{ref.replace('@', '-')}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _adapter(version) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(Layout(version.run_dir).model_dir / "adapter_model.safetensors"))
+
+
+def _distance(a: dict, b: dict) -> float:
+    assert set(a) == set(b) and a
+    return sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in a) ** 0.5
 
 
 def _backward(version) -> dict:
@@ -189,7 +227,8 @@ def test_replay_keeps_the_parent_adapter_shape(lineage):
         child_recipe(lineage["v1"], str(lineage["b"]), [*B_ARGS, "method.r=8"], 9)
 
 
-def test_replay_needs_a_lora_family_parent(lineage, tmp_path):
+@pytest.mark.parametrize("strategy", ["replay", "regularize"])
+def test_adapter_strategies_need_a_lora_family_parent(lineage, strategy, tmp_path):
     import dataclasses
     import shutil
 
@@ -202,6 +241,126 @@ def test_replay_needs_a_lora_family_parent(lineage, tmp_path):
     raw["method"] = {"name": "full"}
     (copy / "recipe.yaml").write_text(yaml.safe_dump(raw))
     parent = dataclasses.replace(lineage["v1"], run_dir=copy)
-    with pytest.raises(TunesmithError, match="supports LoRA-family parents") as e:
-        child_recipe(parent, str(lineage["b"]), B_ARGS, 9)
-    assert len(str(e.value).splitlines()) == 1
+    with pytest.raises(TunesmithError, match=f"strategy {strategy} continues the parent's adapter and supports "
+                                             "LoRA-family parents") as e:
+        child_recipe(parent, str(lineage["b"]), [*B_ARGS, f"continue.strategy={strategy}"], 9)
+    assert len(str(e.value).splitlines()) == 1 and e.value.field == "continue.strategy"
+
+
+# ------------------------------------------------------------------------------------ regularize (L2-SP)
+
+def test_regularize_stays_closer_to_the_parent_and_forgets_no_more(lineage):
+    parent, plain, reg = _adapter(lineage["v1"]), _adapter(lineage["v2"]), _adapter(lineage["v5"])
+    d_plain, d_reg = _distance(plain, parent), _distance(reg, parent)
+    assert d_reg < 0.7 * d_plain                              # the penalty held the weights near v1's
+    old_plain, old_reg = _backward(lineage["v2"])["suites"]["tiny@v1"], _backward(lineage["v5"])["suites"]["tiny@v1"]
+    assert old_reg["ancestor_score"] == old_plain["ancestor_score"]
+    assert old_reg["delta"] >= old_plain["delta"]             # task A dropped no more than without replay
+    # what train.json recorded is this run: the anchor is v1's adapter, its end the saved adapter
+    info = read_json(Layout(lineage["v5"].run_dir).train_json)
+    anchor = info["anchor"]
+    assert anchor["kind"] == "l2sp" and anchor["weight"] == 0.5 and anchor["parameters"] == len(parent)
+    assert anchor["elements"] == sum(t.numel() for t in parent.values()) == info["trainable_parameters"]
+    assert anchor["penalty_start"] == 0.0 and anchor["penalty_end"] > 0
+    assert anchor["l2_distance_end"] == pytest.approx(d_reg, rel=1e-3)
+    assert anchor["penalty_end"] == pytest.approx(0.5 * d_reg ** 2, rel=2e-3)
+
+
+def test_regularize_is_recorded(lineage):
+    v1, v5 = lineage["v1"], lineage["v5"]
+    layout = Layout(v5.run_dir)
+    from tunesmith.rundir import Run
+    r = Run(v5.run_dir).recipe
+    assert r.continue_.strategy == "regularize" and r.continue_.ratio() == 0.0        # no replay by default
+    assert Path(r.method.init_from) == Layout(v1.run_dir).model_dir.resolve() and r.model.from_ == "tiny@v1"
+    assert read_json(layout.data_dir / "manifest.json")["replay"]["count"] == 0
+    cont = read_json(layout.train_json)["continuation"]
+    assert cont["strategy"] == "regularize" and cont["parent"] == "tiny@v1"
+    assert cont["regularize"]["weight"] == 0.5 and cont["regularize"]["penalty_end"] > 0
+    assert layout.stages()["continue"]["regularize"] == {"kind": "l2sp", "weight": 0.5}
+    lin = read_json(layout.lineage_json)
+    assert lin["strategy"] == "regularize" and lin["parent"] == "tiny@v1" and v5.parent == "tiny@v1"
+    assert lin["continuation"]["regularize"] == cont["regularize"]
+    rows = [r for r in layout.metrics() if r.get("type") == "train"]
+    assert rows[0]["penalty"] == 0.0 and max(r["penalty"] for r in rows) > 0          # logged every step
+    lrs = [r["lr"] for r in rows]
+    assert lrs[0] < max(lrs)                                                          # the schedule restarted
+    # an unregularised continuation records no anchor and logs no penalty
+    plain = Layout(lineage["v2"].run_dir)
+    assert read_json(plain.train_json)["anchor"] is None and "regularize" not in read_json(plain.train_json)["continuation"]
+    assert all("penalty" not in r for r in plain.metrics() if r.get("type") == "train")
+
+
+def test_weight_anchor_penalty_and_a_bare_loop_call(tmp_path):
+    import torch
+
+    from tunesmith.train.anchor import WeightAnchor, anchor_for_run
+    assert anchor_for_run(tmp_path, torch.nn.Linear(2, 2)) is None                     # a bare loop call
+    lin = torch.nn.Linear(3, 2)
+    lin.bias.requires_grad_(False)
+    a = WeightAnchor(lin, 2.0)
+    assert a.names == ["weight"] and a.elements == 6 and a.measure(lin) == 0.0
+    with torch.no_grad():
+        lin.weight += 0.5
+    assert a.measure(lin) == pytest.approx(2.0 * 6 * 0.25)
+    a.penalty(lin).backward()
+    assert torch.allclose(lin.weight.grad, torch.full((2, 3), 2.0 * 2 * 0.5))
+
+
+# ------------------------------------------------------------------------------------ model.from in a recipe
+
+def test_model_from_in_a_recipe_trains_and_registers_the_next_version(lineage):
+    from tunesmith.rundir import Run
+    v1, v6 = lineage["v1"], lineage["v6"]
+    assert lineage["from_code"] == 0 and lineage["from_dirs"] == {v6.run_dir}
+    assert v6.parent == "tiny@v1" and v6.run_dir.name.startswith("from-recipe-")
+    r = Run(v6.run_dir).recipe
+    v1r = Run(v1.run_dir).recipe
+    assert r.data.train == str(lineage["b"].resolve())                               # the recipe's own data
+    assert r.data.labels == {"0": "neutral", "1": "review"}
+    assert r.model.name == v1r.model.name and r.model.from_ == "tiny@v1"              # the parent's base
+    assert r.continue_.strategy == "replay" and r.continue_.ratio() == 0.0
+    assert Path(r.method.init_from) == Layout(v1.run_dir).model_dir.resolve()       # continued v1's adapter
+    assert (r.method.r, r.method.alpha) == (v1r.method.r, v1r.method.alpha)          # taken from the parent
+    layout = Layout(v6.run_dir)
+    assert layout.stages()["continue"]["parent"] == "tiny@v1"
+    assert read_json(layout.lineage_json)["strategy"] == "replay"
+    b = _backward(v6)
+    assert set(b["suites"]) == {"tiny@v6", "tiny@v1"} and b["suites"]["tiny@v6"]["delta"] > 0.3
+
+
+def test_model_from_unknown_version_is_one_line_and_creates_nothing(lineage, monkeypatch, capsys):
+    runs = lineage["runs"]
+    before = sorted(p.name for p in runs.iterdir())
+    code, _ = _cli(["run", str(from_recipe(lineage["root"], runs, "tiny@v9"))], runs, lineage["root"] / "home",
+                   monkeypatch)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "unknown model version" in err
+    assert sorted(p.name for p in runs.iterdir()) == before
+
+
+def test_model_from_with_another_base_model_is_one_line(lineage, tmp_path, monkeypatch, capsys):
+    other = tmp_path / "other-model"
+    tok = make_tokenizer()
+    make_model(tok, seed=3).save_pretrained(other)
+    tok.save_pretrained(other)
+    runs = lineage["runs"]
+    before = sorted(p.name for p in runs.iterdir())
+    path = from_recipe(tmp_path, runs, "tiny@v1", name=str(other))
+    (tmp_path / "task_b.jsonl").write_text(lineage["b"].read_text())
+    code, _ = _cli(["run", str(path)], runs, lineage["root"] / "home", monkeypatch)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "does not match the parent's base model" in err
+    assert sorted(p.name for p in runs.iterdir()) == before
+
+
+def test_pipeline_refuses_model_from_instead_of_training_from_the_base(lineage):
+    """From Python, pipeline.run/prepare cannot make a version: a recipe with model.from is refused, not
+    silently trained from model.name."""
+    from tunesmith import pipeline
+    from tunesmith.errors import TunesmithError
+    runs = lineage["runs"]
+    before = sorted(p.name for p in runs.iterdir())
+    with pytest.raises(TunesmithError, match="continues a registered version") as info:
+        pipeline.run(str(from_recipe(lineage["root"], runs, "tiny@v1")))
+    assert info.value.field == "model.from" and sorted(p.name for p in runs.iterdir()) == before

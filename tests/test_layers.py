@@ -11,13 +11,14 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 LAYERS: list[set[str]] = [
     {"cli"},
     {"serve", "jobs", "lifecycle.source"},
-    {"pipeline", "verify", "sweep", "advise", "chat", "tracking", "runs", "eval.stage", "eval.backward", "lifecycle"},
+    {"pipeline", "verify", "sweep", "advise", "chat", "tracking", "runs", "eval.stage", "eval.backward", "lifecycle",
+     "lifecycle.feedback", "lifecycle.drift"},
     {"tuned", "session", "export", "gguf_export"},
     {"objectives"},
     {"eval"},
     {"train"},
     {"methods", "data"},
-    {"generation", "render", "rundir", "models", "config", "config_methods", "safe_yaml", "fsutil", "errors"},
+    {"generation", "constrained", "render", "rundir", "models", "config", "config_methods", "safe_yaml", "fsutil", "errors"},
 ]
 
 

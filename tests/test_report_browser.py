@@ -46,6 +46,7 @@ def test_report_renders_with_all_plots(recipe_file, browser):
         assert h in headings
     systems = browser.execute_script(
         "return Array.from(document.querySelectorAll('table.systems tbody tr')).map(r => r.cells[0].textContent);")
-    assert systems == ["base zero-shot", "base few-shot", "base + RAG", "fine-tuned"]
+    assert systems == ["base zero-shot", "base zero-shot, label-safe decoding", "base few-shot", "base + RAG",
+                       "fine-tuned", "fine-tuned, label-safe decoding"]
     data = json.loads((run_dir / "eval" / "report_data.json").read_text())
     assert browser.find_element("css selector", ".rec b").text == data["recommendation"]["text"]

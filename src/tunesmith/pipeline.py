@@ -101,6 +101,10 @@ def prepare(recipe: str | Path | dict | Recipe, overrides: list[str] | None = No
     is created, so a failed command leaves no half-made run.
     """
     recipe = _recipe(recipe, overrides)
+    if recipe.model.from_:    # a continuation needs its parent's adapter, replay and registration: never a plain run
+        raise TunesmithError(f"model.from {recipe.model.from_} continues a registered version: start it with "
+                             "`tunesmith run RECIPE` or tunesmith.lifecycle.continuation.continue_from_recipe(); "
+                             "pipeline.prepare/run train from model.name", field="model.from")
     models.resolve(recipe.model.name)     # fail early on an unknown model
     models.check_max_length(recipe.model.name, recipe.data.max_length)
     splits, manifest = data_prepare.build_splits(recipe)

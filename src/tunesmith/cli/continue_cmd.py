@@ -15,7 +15,7 @@ def continue_command(ref: str = typer.Argument(..., help="The version to continu
                                                                                "(default: runs)."),
                      tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
                                                                 help="MLflow registry URI (default: beside the runs).")):
-    """Train the next version of a named model on new data (replay or stack), evaluated on every ancestor's tests."""
+    """Train the next version of a named model on new data (replay, stack or regularize), evaluated on every ancestor's tests."""
     from ..lifecycle.continuation import continue_version
     from ..rundir import read_json
     from .run import closing_lines

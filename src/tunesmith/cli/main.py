@@ -45,8 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "advise": ("tunesmith.cli.run:advise",
                "Measure zero-shot, few-shot and RAG on a sample, time a training step, recommend a path."),
     "continue": ("tunesmith.cli.continue_cmd:continue_command",
-                 "Train the next version of a named model on new data (replay or stack), evaluated on every "
-                 "ancestor's tests."),
+                 "Train the next version of a named model on new data (replay, stack or regularize), evaluated on "
+                 "every ancestor's tests."),
     "sweep": ("tunesmith.cli.sweep:sweep_command",
               "Hyperparameter sweep (Optuna): every trial is a run; continues an interrupted sweep."),
     "runs": ("tunesmith.cli.runs:runs_app", "List and compare run directories."),
@@ -69,6 +69,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "Check the recipe's promotion gates and move the champion alias to a version."),
     "rollback": ("tunesmith.cli.lifecycle:rollback_command",
                  "Move the champion alias back to the previous version."),
+    "harvest": ("tunesmith.cli.feedback:harvest_command",
+                "Turn logged corrections and preferred/rejected pairs into deduplicated SFT and preference data."),
+    "drift": ("tunesmith.cli.feedback:drift_command",
+              "Compare logged prompts with a version's training prompts (embeddings, length, label mix): drift or not."),
 }
 
 

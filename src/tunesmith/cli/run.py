@@ -32,6 +32,14 @@ def run(recipe: str = typer.Argument(..., help="Recipe YAML, or a run directory 
         if run.recipe.export.verify:
             from ..serve.parity import verify_after_export
             verify_after_export(run, prompts=max(run.recipe.export.parity_prompts, 1))
+    if not resume:
+        from ..config import load_recipe
+        if load_recipe(recipe, overrides).model.from_:      # the next version of a named model
+            from ..lifecycle.continuation import continue_from_recipe
+            version = continue_from_recipe(recipe, overrides, after_export=live_parity)
+            closing_lines(version.run_dir)
+            console().print(f"Version: {version.ref} (parent {version.parent})", markup=False, highlight=False)
+            return
     path = pipeline.run(None if resume else recipe, overrides, resume_dir=recipe if resume else None,
                         after_export=live_parity)
     closing_lines(path)

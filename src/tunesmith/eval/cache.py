@@ -31,7 +31,7 @@ from filelock import FileLock
 
 from ..fsutil import atomic_write_json, sha256_file
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2      # 2: label-safe decoding results in label-task evaluations
 WEIGHTS_FILE = "weights.json"
 RACY_NS = 2_000_000_000        # files modified in the last 2 s are hashed again next time (mtime granularity)
 

@@ -164,6 +164,14 @@ def systems_table(results: dict[str, dict], recipe: Recipe, labels, training: di
             "training_s": training.get("wall_s") if tuned else 0.0,
             "trainable_parameters": training.get("trainable_parameters") if tuned else 0,
         })
+        safe = res.get("label_safe") or {}
+        if label_task and system in ("base", "tuned") and len(safe.get("predictions") or []) >= n:
+            key_safe = f"{system}_label_safe"           # the same system answering one of the labels
+            preds[key_safe] = safe["predictions"][:n]
+            rows.append({**rows[-1], "system": key_safe, "label": f"{SYSTEMS[system]}, label-safe decoding",
+                         "metrics": _subset_metrics(safe, recipe, labels, n),
+                         "latency_s": (safe.get("generation") or {}).get("per_example_s"),
+                         "calibration": safe.get("calibration")})
     for row in rows:
         system, answers = row["system"], [str(p["prediction"]) for p in preds[row["system"]]]
         row["intervals"] = {k: ci.interval(system, k, preds[system]) for k in row["metrics"]}
@@ -177,8 +185,7 @@ def systems_table(results: dict[str, dict], recipe: Recipe, labels, training: di
     base = present.get("base")
     for row in rows:
         if base is not None and row["system"] not in ("base", MAJORITY):
-            row["flips_vs_base"] = flips({"predictions": base["predictions"][:n]},
-                                         {"predictions": present[row["system"]]["predictions"][:n]})
+            row["flips_vs_base"] = flips({"predictions": base["predictions"][:n]}, {"predictions": preds[row["system"]]})
     tuned = present.get("tuned")
     for row in rows:
         if tuned is not None and row["system"] in ("few_shot", "rag"):

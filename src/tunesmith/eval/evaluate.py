@@ -24,8 +24,11 @@ def evaluate_model(model, tokenizer, examples: list[Example], seqs: list[Tokeniz
     chat = [ex for ex in examples if ex.messages and ex.reference is not None]
     if not chat:
         return result
-    result.update(score_prompts(model, tokenizer, chat, [ex.prompt_messages for ex in chat], recipe, labels,
-                                title=title))
+    prompts = [ex.prompt_messages for ex in chat]
+    result.update(score_prompts(model, tokenizer, chat, prompts, recipe, labels, title=title))
+    safe = label_safe(model, tokenizer, prompts, [ex.reference for ex in chat], recipe, labels, title=title)
+    if safe:
+        result["label_safe"] = safe
     return result
 
 
@@ -54,6 +57,45 @@ def score_prompts(model, tokenizer, examples: list[Example], prompts: list[list[
         "predictions": [{"prompt": prompt, "reference": r, "prediction": p,
                          "correct": metrics.per_example_correct(headline, p, r, labels)}
                         for prompt, r, p in zip(prompts, refs, preds)],
+    }
+
+
+def label_safe(model, tokenizer, prompts: list[list[dict]], refs: list[str], recipe: Recipe, labels: list[str] | None,
+               *, title: str) -> dict | None:
+    """The same prompts answered with label-safe decoding (one of ``labels``, see constrained.py): metrics,
+    per-example predictions with the top-2 label probabilities, and calibration; None when it does not apply
+    (no label set, too many labels, turned off, or references that are not labels)."""
+    from ..constrained import MAX_LABELS, choose_labels
+    if not recipe.eval.label_safe or not labels or len(labels) > MAX_LABELS or not prompts \
+            or any(metrics.parse_label(r, labels) is None for r in refs):
+        return None
+    t0 = time.perf_counter()
+    with Progress(TextColumn(f"[bold]{title}, label-safe"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
+        task = bar.add_task(title, total=len(prompts))
+        with merged_for_inference(model):
+            try:
+                choices = choose_labels(model, tokenizer, prompts, labels, batch_size=recipe.eval.batch_size,
+                                        progress=lambda n: bar.update(task, completed=n))
+            except ValueError as e:             # e.g. two labels that tokenise alike: say so, keep free generation
+                return {"skipped": str(e)}
+    wall = time.perf_counter() - t0
+    preds = [c.label for c in choices]
+    headline = (recipe.metrics() or ["exact_match"])[0]
+    gold = [metrics.parse_label(r, labels) for r in refs]
+    calibration = metrics.calibration([max(c.probs) for c in choices], [p == g for p, g in zip(preds, gold)])
+    wrong = [(c, g) for c, g in zip(choices, gold) if c.label != g]
+    calibration.update(wrong=len(wrong), second_choice_right=sum(len(labels) > 1 and c.top(labels)[1][0] == g
+                                                                  for c, g in wrong))
+    return {
+        "metrics": metrics.compute(recipe.metrics(), preds, refs, labels),
+        "label_details": metrics.details(preds, refs, labels),
+        "calibration": calibration,
+        "generation": {"wall_s": wall, "per_example_s": wall / len(prompts)},
+        "predictions": [{"prompt": prompt, "reference": r, "prediction": c.label,
+                         "correct": metrics.per_example_correct(headline, c.label, r, labels),
+                         "top2": [[label, round(p, 4)] for label, p in c.top(labels)]}
+                        for prompt, r, c in zip(prompts, refs, choices)],
     }
 
 

@@ -88,8 +88,36 @@ def measure(model, tokenizer, recipe: Recipe, *, title: str, text_objective) -> 
     return out
 
 
-def compare(before: dict | None, after: dict | None, threshold: float) -> dict | None:
-    """Perplexity change and answer changes; ``flagged`` when perplexity rose beyond ``threshold``."""
+FRAGMENT_WORDS = 3       # an answer of at most this many words, where the base answered at length, is a fragment
+FULL_WORDS = 8
+BEHAVIOUR_SHARE = 0.25   # flag behaviour drift when this share of the general prompts turned into fragments/labels
+
+
+def behaviour(pairs: list[tuple[dict, dict]], labels: list[str] | None = None) -> dict:
+    """How the answers to general prompts changed in kind: answers that became fragments (a few words where the
+    base wrote a sentence or more) or one of the task's labels; ``drift`` when either reaches the share."""
+    def words(text: str) -> int:
+        return len(str(text).split())
+    full = [(x, y) for x, y in pairs if words(x["answer"]) >= FULL_WORDS]
+    fragments = [(x, y) for x, y in full if words(y["answer"]) <= FRAGMENT_WORDS]
+    label_like = [(x, y) for x, y in pairs
+                  if labels and metrics.normalize(y["answer"]) in {metrics.normalize(lb) for lb in labels}
+                  and metrics.normalize(x["answer"]) != metrics.normalize(y["answer"])]
+    n = len(pairs)
+    before_words = sorted(words(x["answer"]) for x, _ in pairs)
+    after_words = sorted(words(y["answer"]) for _, y in pairs)
+    out = {"prompts": n, "fragments": len(fragments), "label_answers": len(label_like),
+           "median_words_before": before_words[n // 2] if n else None,
+           "median_words_after": after_words[n // 2] if n else None,
+           "examples": [{"prompt": x["prompt"], "before": x["answer"], "after": y["answer"]}
+                        for x, y in (fragments + label_like)[:3]]}
+    out["drift"] = bool(n) and max(len(fragments), len(label_like)) >= BEHAVIOUR_SHARE * n
+    return out
+
+
+def compare(before: dict | None, after: dict | None, threshold: float, labels: list[str] | None = None) -> dict | None:
+    """Perplexity change and answer changes; ``flagged`` when perplexity rose beyond ``threshold`` or the
+    answers to general prompts drifted in kind (fragments or task labels, see :func:`behaviour`)."""
     if not before or not after:
         return None
     if before.get("skipped") or after.get("skipped"):
@@ -112,6 +140,14 @@ def compare(before: dict | None, after: dict | None, threshold: float) -> dict |
                    answer_similarity=similarity.get("rougeL"),
                    examples=[{"prompt": x["prompt"], "before": x["answer"], "after": y["answer"]}
                              for x, y in changed[:5]])
+        drift = out["behaviour"] = behaviour(pairs, labels)
+        if drift["drift"]:
+            out["flagged"] = True
+            what = (f"{drift['fragments']} of {drift['prompts']} became fragments of at most {FRAGMENT_WORDS} words"
+                    if drift["fragments"] >= drift["label_answers"] else
+                    f"{drift['label_answers']} of {drift['prompts']} became one of the task's labels")
+            out["reasons"].append(f"behaviour drift on general prompts: {what} (median answer "
+                                  f"{drift['median_words_before']} -> {drift['median_words_after']} words)")
     return out
 
 

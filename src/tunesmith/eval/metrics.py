@@ -201,3 +201,26 @@ def per_example_correct(metric: str, pred: str, ref: str, labels: Sequence[str] 
     if metric == "accuracy":
         raise ValueError("the accuracy metric needs the task's labels")
     return normalize(pred) == normalize(ref)
+
+
+def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> dict:
+    """How well the top label's probability matches how often it is right: the reliability curve (uniform
+    bins, scikit-learn's ``calibration_curve``), the expected calibration error and the mean confidence."""
+    import numpy as np
+    from sklearn.calibration import calibration_curve
+    conf = np.asarray(confidence, dtype=float)
+    right = np.asarray(correct, dtype=bool)
+    if len(conf) == 0:
+        return {"n": 0}
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = sum(abs(right[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+              for b in range(bins) if (which == b).any())
+    out = {"n": int(len(conf)), "ece": float(ece), "mean_confidence": float(conf.mean()),
+           "accuracy": float(right.mean()), "bins": bins}
+    if right.any() and not right.all():
+        observed, predicted = calibration_curve(right, conf, n_bins=bins, strategy="uniform")
+        out["curve"] = [[round(float(p), 4), round(float(o), 4)] for p, o in zip(predicted, observed)]
+    else:       # one class only: the curve is the accuracy at the mean confidence
+        out["curve"] = [[round(float(conf.mean()), 4), float(right.mean())]]
+    return out

@@ -146,3 +146,24 @@ def gain_loss_png(backward: dict, earlier: list[dict] | None = None) -> bytes | 
     ax.margins(0.25)
     ax.grid(alpha=0.3)
     return png_bytes(fig)
+
+
+def calibration_png(curves: dict[str, list[list[float]]]) -> bytes | None:
+    """Reliability diagram: observed accuracy against the top label's probability (binned), one line per
+    system, with the diagonal of perfect calibration; None without curves."""
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    fig = figure(4.6, 3.8)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#8c959f", linestyle="--", linewidth=0.8, label="perfectly calibrated")
+    for (name, curve), color in zip(curves.items(), ("#8c959f", "#1a7f37", "#0969da", "#bf8700")):
+        ax.plot(*zip(*curve), marker="o", markersize=4, color=color if "base" not in name else "#8c959f",
+                label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("probability of the chosen label")
+    ax.set_ylabel("share right")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return png_bytes(fig)

@@ -10,7 +10,7 @@ from ..render import CSS, esc, html_table, img_tag, is_number
 from ..rundir import Layout
 from .metrics import LOWER_IS_BETTER, UNPARSED
 from . import report_decision
-from .plots import confusion_png, gain_loss_png, lengths_png, loss_plot_png, metric_bars_png
+from .plots import calibration_png, confusion_png, gain_loss_png, lengths_png, loss_plot_png, metric_bars_png
 
 _LOSS_ROWS = (("val_loss", "Held-out loss"), ("perplexity", "Perplexity"))
 _METRIC_TITLES = {
@@ -204,6 +204,30 @@ def _distillation_rows(results: dict) -> list[list[str]]:
 _DISTILL_HEADER = ["model", "parameters", "layers", "tokens/s", "held-out loss", "task metrics"]
 
 
+LABEL_SAFE_NOTE = ("The same prompts answered with one of the labels (each label scored as the whole reply by the "
+                   "model's own probabilities): every answer is valid. Calibration compares the chosen label's "
+                   "probability with how often it is right (ECE: expected calibration error).")
+_LABEL_SAFE_HEADER = ["system", "free generation", "label-safe", "mean probability", "ECE",
+                      "wrong: right label second"]
+
+
+def _label_safe_rows(results: dict) -> list[list[str]]:
+    """Free vs label-safe headline metric per system, with calibration and top-2 recoveries."""
+    table = results.get("systems") or {}
+    rows = {r["system"]: r for r in table.get("rows") or []}
+    key = table.get("headline")
+    out = []
+    for name, row in rows.items():
+        free = rows.get(name.removesuffix("_label_safe"))
+        cal = row.get("calibration") or {}
+        if not name.endswith("_label_safe") or free is None or not key:
+            continue
+        out.append([free["label"], _fmt(key, free["metrics"].get(key)), _fmt(key, row["metrics"].get(key)),
+                    _fmt("p", cal.get("mean_confidence")), _fmt("p", cal.get("ece")),
+                    f"{cal.get('second_choice_right', 0)} of {cal.get('wrong', 0)}"])
+    return out
+
+
 def _markdown(results: dict, images: dict[str, bytes]) -> str:
     mark = {True: "✓", False: "✗"}
     out = [f"# Tunesmith report: {_md_cell(results.get('name', 'run'))}", "",
@@ -231,6 +255,11 @@ def _markdown(results: dict, images: dict[str, bytes]) -> str:
             out += ["![Confusion matrices](confusion.png)", ""]
         out += [_md_confusion(side, label_details[side]) + "\n"
                 for side in ("base", "tuned") if label_details.get(side)]
+    if _label_safe_rows(results):
+        out += ["## Label-safe decoding", "", LABEL_SAFE_NOTE, "",
+                _md_table(_LABEL_SAFE_HEADER, _label_safe_rows(results)), ""]
+        if "calibration" in images:
+            out += ["![Calibration of the label probabilities](calibration.png)", ""]
     out += ["## Answers that changed", "", _md_table(["", "count"], _flip_items(results)), ""]
     examples = results.get("examples") or []
     for i, ex in enumerate(examples, 1):
@@ -318,6 +347,10 @@ def _html(results: dict, images: dict[str, bytes]) -> str:
                                                                           "Confusion matrices")]
         parts += [_html_confusion(side, label_details[side])
                   for side in ("base", "tuned") if label_details.get(side)]
+    if _label_safe_rows(results):
+        parts += ["<h2>Label-safe decoding</h2>", f"<p>{esc(LABEL_SAFE_NOTE)}</p>",
+                  html_table(_LABEL_SAFE_HEADER, _label_safe_rows(results)),
+                  img_tag(images.get("calibration"), "Calibration of the label probabilities")]
     parts += ["<h2>Answers that changed</h2>", _html_kv(_flip_items(results))]
     examples = results.get("examples") or []
     parts += [_html_example(i, ex) for i, ex in enumerate(examples, 1)] or [
@@ -360,6 +393,8 @@ def write_reports(run_dir: str | Path, results: dict) -> tuple[Path, Path]:
               "systems": metric_bars_png(rows, keys, _METRIC_TITLES),
               "confusion": confusion_png(results.get("label_details") or {}),
               "lengths": lengths_png(results.get("lengths") or {}, results.get("max_length"))}
+    images["calibration"] = calibration_png({r["label"]: (r.get("calibration") or {}).get("curve") for r in rows
+                                             if r.get("calibration")})
     if results.get("lineage"):
         images["lineage"] = gain_loss_png(results["lineage"], results["lineage"].get("earlier"))
     images = {k: v for k, v in images.items() if v}

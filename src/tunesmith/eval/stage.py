@@ -303,7 +303,7 @@ def _decide(session: Session, base_result, tuned_result, tuned_model) -> dict:
     before = run.load_json("eval/forgetting_base.json")
     if before is not None:
         after = measure_general(session, tuned_model, "general (tuned)")
-        forgot = forgetting.compare(before, after, r.forgetting.threshold)
+        forgot = forgetting.compare(before, after, r.forgetting.threshold, session.labels)
         atomic_write_json(run.eval_dir / "forgetting.json", {"before": before, "after": after,
                                                              "comparison": forgot})
     exs, _ = session.eval_examples()

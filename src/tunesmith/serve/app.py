@@ -20,6 +20,7 @@ from .engine import Engine, Event, GenerationRequest, InvalidParameter, Sampling
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
 from .registry import ModelInfo, ModelSource, Registry
+from .requestlog import attach_request_log
 from .schema import ERROR_RESPONSES, ChatCompletionRequest, CompletionRequest, OpenAIError, bad_request
 from .settings import ServeSettings
 from .tokens import TokenText
@@ -249,15 +250,26 @@ class _Job:
 
 # ---- request checks shared by both endpoints ---------------------------------------------------------------
 
-def _sampling(body, info: ModelInfo, dec: TokenText, max_tokens: int, logprobs: bool, top: int) -> SamplingParams:
+def _choices(dec: TokenText, choices: list[str]) -> tuple[tuple[int, ...], ...]:
+    """``guided_choice`` as token sequences, each ending with the end-of-turn token (400 when two are alike)."""
+    from ..constrained import label_token_ids
+    try:
+        return tuple(tuple(c) for c in label_token_ids(dec.tokenizer, choices))
+    except ValueError as e:
+        raise bad_request(f"Invalid 'guided_choice': {e}", param="guided_choice", code="invalid_value") from None
+
+
+def _sampling(body, info: ModelInfo, dec: TokenText, max_tokens: int, logprobs: bool, top: int,
+              choices: tuple[tuple[int, ...], ...] = ()) -> SamplingParams:
     """The request's sampling parameters, every one checked (400 naming it) before it may join a batch."""
-    if info.kind == "gguf" and (logprobs or body.logit_bias):
-        raise bad_request("logprobs and logit_bias are not available for GGUF models (llama.cpp backend)",
-                          param="logprobs" if logprobs else "logit_bias")
+    if info.kind == "gguf" and (logprobs or body.logit_bias or choices):
+        raise bad_request("logprobs, logit_bias and guided_choice are not available for GGUF models (llama.cpp "
+                          "backend)", param="logprobs" if logprobs else "logit_bias" if body.logit_bias
+                          else "guided_choice")
     params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
                             top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops(),
                             logprobs=logprobs, top_logprobs=top, presence_penalty=body.presence_penalty or 0.0,
-                            frequency_penalty=body.frequency_penalty or 0.0, logit_bias=body.bias())
+                            frequency_penalty=body.frequency_penalty or 0.0, logit_bias=body.bias(), choices=choices)
     try:
         params.check(dec.vocab_size())
     except InvalidParameter as e:
@@ -383,6 +395,7 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
     state = app.state
     auth = Depends(_auth(settings.api_keys))
     v1 = APIRouter(prefix="/v1", dependencies=[auth], responses=ERROR_RESPONSES)
+    reqlog = attach_request_log(v1, settings)     # --log-dir: chat completions logged, POST /v1/feedback
 
     async def lookup(model_id: str) -> ModelInfo:
         return await run_in_threadpool(registry.get, model_id)
@@ -411,23 +424,31 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
         context = await run_in_threadpool(registry.context_length, info)
         prompt = await run_in_threadpool(_render_chat, dec, messages, context)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        choices = await run_in_threadpool(_choices, dec, body.guided_choice) if body.guided_choice else ()
+        if choices and requested is None:
+            requested = max(len(c) for c in choices)       # room for the longest choice and its end
         max_new = _budget(requested, len(prompt), context, settings.default_max_tokens,
                           "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
                           "messages")
-        params = _sampling(body, info, dec, max_new, bool(body.logprobs), body.top_logprobs or 0)
+        params = _sampling(body, info, dec, max_new, bool(body.logprobs), body.top_logprobs or 0, choices)
         n = body.n or 1
         job = _Job(state, "/v1/chat/completions", body.model, [prompt], params, n)
         await job.start()
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _streaming_response(_chat_stream(job, cid, created, body.model, usage, params.logprobs))
+            stream = _chat_stream(job, cid, created, body.model, usage, params.logprobs)
+            return _streaming_response(reqlog.logged_stream(stream, cid, created, body.model, messages, info)
+                                       if reqlog else stream)
         out = await job.collect()
         choices = [{"index": i, "message": {"role": "assistant", "content": "".join(c["text"]), "refusal": None},
                     "logprobs": _chat_logprobs(c["logprobs"]) if params.logprobs else None,
                     "finish_reason": c["finish_reason"]} for i, c in sorted(out.items())]
-        return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                "system_fingerprint": None, "choices": choices, "usage": job.usage()}
+        response = {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
+                    "system_fingerprint": None, "choices": choices, "usage": job.usage()}
+        if reqlog:
+            await run_in_threadpool(reqlog.log_chat, response, messages, info)
+        return response
 
     @v1.post("/completions", responses=STREAMED)
     async def completions(body: CompletionRequest):

@@ -76,6 +76,14 @@ def choose_tokens(seqs: Seq[GenSequence], logits: torch.Tensor, decoder: TokenTe
                 _adjust(proc[i], seqs[i])
             except Exception as e:
                 out[i] = e
+    guided = [i for i, s in enumerate(seqs) if s.params.choices and out[i] is None]
+    if guided:          # label-safe rows: only tokens that continue one of the request's choices
+        proc = proc.clone() if proc is logits else proc
+        for i in guided:
+            allowed = sorted(seqs[i].params.allowed(seqs[i].tokens))
+            keep = proc[i, allowed].clone()
+            proc[i] = float("-inf")
+            proc[i, allowed] = keep
     chosen = proc.argmax(dim=-1).tolist()
     for i, s in enumerate(seqs):
         if out[i] is None and s.params.temperature >= GREEDY_BELOW:

@@ -51,6 +51,12 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    choices: tuple[tuple[int, ...], ...] = ()    # label-safe: the reply is one of these token sequences
+
+    def allowed(self, generated: Seq[int]) -> set[int]:
+        """With ``choices``: the tokens that continue one of them after ``generated``."""
+        k = len(generated)
+        return {c[k] for c in self.choices if len(c) > k and list(c[:k]) == list(generated)}
 
     def check(self, vocab_size: int | None = None) -> None:
         """Raise InvalidParameter for any value that could fail (or poison) decoding: everything a
@@ -77,6 +83,10 @@ class SamplingParams:
         if len(self.logit_bias) > MAX_LOGIT_BIAS:
             raise InvalidParameter("logit_bias", f"Invalid 'logit_bias': at most {MAX_LOGIT_BIAS} entries, got "
                                                  f"{len(self.logit_bias)}.")
+        if any(not c or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 or
+                            (vocab_size is not None and t >= vocab_size) for t in c) for c in self.choices):
+            raise InvalidParameter("guided_choice", "Invalid 'guided_choice': every choice must tokenise to ids "
+                                                    "of the model's vocabulary.")
         for tok, bias in self.logit_bias.items():
             if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0 or \
                     (vocab_size is not None and tok >= vocab_size):

@@ -150,6 +150,9 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Any = None
     response_format: dict | None = None
     parallel_tool_calls: bool | None = None
+    guided_choice: list[str] | None = Field(
+        None, min_length=1, max_length=256, description="Label-safe decoding (vLLM's extra parameter): the reply is "
+        "exactly one of these strings, chosen token by token among the continuations of the choices.")
 
     @field_validator("response_format")
     @classmethod

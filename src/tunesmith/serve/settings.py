@@ -49,6 +49,12 @@ class ServeSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: a free port).")
     ui: bool = Field(True, description="Serve the web dashboard at /ui (runs, live curves, compare), signed in "
                                        "with the same API keys.")
+    log_dir: Path | None = Field(None, description="Log every chat completion (PII anonymised) as JSONL in this "
+                                                   "folder and accept POST /v1/feedback (off by default).")
+    log_max_mb: float = Field(64.0, gt=0, le=1_000_000, description="Size of one request-log file, MB, beyond which "
+                                                                    "it is rotated.")
+    log_keep: int = Field(5, ge=1, le=1000, description="Request-log files kept, the current one included (older "
+                                                        "ones are deleted).")
 
     @field_validator("api_keys")
     @classmethod

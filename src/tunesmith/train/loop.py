@@ -17,6 +17,7 @@ from ..data.tokenize import batches
 from . import budget as tb
 from . import checkpoint
 from . import precision as prec
+from .anchor import anchor_for_run
 from .checkpoint import LoopState
 from ..rundir import Layout, truncate_metrics
 from .progress import TrainProgress, console
@@ -36,6 +37,7 @@ class TrainResult:
     total_steps: int = 0                 # the steps the run planned (after a time budget's planning)
     precision: dict | None = None        # {"used", "requested", "reason"}
     time_budget: dict | None = None      # planned vs actual, when train.time_budget is set
+    anchor: dict | None = None           # the weight anchor's record (continue.strategy regularize), else None
 
 
 def seed_everything(seed: int) -> None:
@@ -153,6 +155,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     run_dir.mkdir(parents=True, exist_ok=True)
     layout = Layout(run_dir)
     ckpt_root, metrics_path = layout.checkpoints, layout.metrics_path
+    bare = accelerator.unwrap_model(model)
+    anchor = anchor_for_run(run_dir, bare)      # the starting weights, before a resume restores a checkpoint
 
     state = LoopState()
     if resume:
@@ -165,6 +169,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
         truncate_metrics(metrics_path, state.step)
     if planned is not None:          # restored with the scheduler: a resumed run keeps its plan
         total_steps = planned.total
+    if anchor is not None:
+        anchor.start = anchor.measure(bare)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     metrics_file = _open_for_append(metrics_path)
@@ -190,8 +196,11 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                             out = objective(model, b)
                             loss = out.loss_sum / max(n_trained, 1)
                         loss = loss.float()
+                        step_loss += float(loss.detach())
+                        if anchor is not None and j == 0:       # once per optimizer step, outside autocast
+                            penalty = anchor.penalty(bare)
+                            loss = loss + penalty
                         accelerator.backward(scaler.scale(loss) if scaler else loss)
-                    step_loss += float(loss.detach())
                 grad_norm = None
                 if scaler:
                     scaler.unscale_(optimizer)
@@ -215,6 +224,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                           "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens,
                           "tokens_per_s": tokens / dt, "epoch": state.step * cfg.grad_accum * cfg.batch_size
                           / max(len(train_seqs), 1)}
+                if anchor is not None:
+                    record["penalty"] = float(penalty.detach())
                 _write(metrics_file, record)
                 bar.update(state.step, loss=step_loss, tps=state.tokens / max(state.wall_s, 1e-9))
                 if on_step:
@@ -268,11 +279,14 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     finished = state.step >= total_steps or state.early_stopped
     if finished and val_seqs:
         checkpoint.load_best(ckpt_root, accelerator.unwrap_model(model))
+    if anchor is not None:
+        anchor.end = anchor.measure(bare)
     return TrainResult(steps=state.step, tokens=state.tokens, trained_tokens=state.trained_tokens,
                        wall_s=state.wall_s, tokens_per_s=state.tokens / max(state.wall_s, 1e-9),
                        best_step=state.best_step, best_val_loss=state.best_val,
                        early_stopped=state.early_stopped, final_train_loss=last_loss, total_steps=total_steps,
-                       precision=precision.as_dict(), time_budget=planned.report() if planned is not None else None)
+                       precision=precision.as_dict(), time_budget=planned.report() if planned is not None else None,
+                       anchor=anchor.record() if anchor is not None else None)
 
 
 def _budget_refine(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,
