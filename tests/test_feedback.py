@@ -270,11 +270,19 @@ def test_harvest_since_filters_requests(served, version, tmp_path):
 
 def test_continue_on_the_harvested_file_records_it_in_the_manifest(harvested, version):
     from tunesmith.fsutil import sha256_file
-    from tunesmith.lifecycle.continuation import prepare_continuation
+    from tunesmith.lifecycle.continuation import continue_version
+    from tunesmith.lifecycle.versions import read_lineage
+    from tunesmith.rundir import Run
     with redirect_stdout(io.StringIO()):
-        run, parent, record = prepare_continuation("senti@v1", str(harvested["out"]), root=version["runs"])
+        v2 = continue_version("senti@v1", str(harvested["out"]), ["train.max_steps=2"], root=version["runs"])
+    run = Run(v2.run_dir)
+    assert v2.ref == "senti@v2" and v2.parent == "senti@v1" and run.model_dir.is_dir()
     manifest = read_json(run.data_dir / "manifest.json")
-    assert parent.ref == "senti@v1" and manifest["files"]["train"]["sha256"] == sha256_file(harvested["out"])
+    harvest = manifest["harvest"]                  # where the new data came from, line by line
+    assert harvest["count"] == 14 and len(harvest["lines"]) == 14 and harvest["sha256"] == sha256_file(harvested["out"])
+    assert all(line["response_id"].startswith("chatcmpl-") and line["feedback_id"] for line in harvest["lines"])
+    assert read_lineage(v2.run_dir)["data"]["harvest"]["count"] == 14
+    assert manifest["files"]["train"]["sha256"] == sha256_file(harvested["out"])
     counts, replayed = manifest["counts"], manifest["replay"]["count"]
     assert counts["train"] - replayed + counts["validation"] + counts["test"] == 14
     assert manifest["inferred_labels"] == ["negative", "positive"]

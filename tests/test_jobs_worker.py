@@ -329,3 +329,42 @@ def test_cli_worker_once(client, ctx, tmp_path):
     assert result.exit_code == 0, result.output
     assert "idle after" in result.output
     assert job(client, created["id"])["status"] == "succeeded"
+
+
+def test_job_continues_a_fine_tuned_model(client, ctx, tmp_path):
+    """model "ft:…": the new job trains from that job's adapter with a replay of its data, and is named for the
+    same base; an unknown ft: model or a DPO job on it is a 400 and creates nothing."""
+    from tunesmith.jobs.worker import Worker
+    from tunesmith.rundir import Layout, Run
+    first = create_job(client, seed=1, hyperparameters={"n_epochs": 1})
+    w = Worker(worker_config(ctx, tmp_path), ctx.db)
+    w.run_until_idle()
+    parent = job(client, first["id"])
+    assert parent["status"] == "succeeded", parent["error"]
+    ft = parent["fine_tuned_model"]
+    before = client.get("/v1/fine_tuning/jobs").json()["data"]
+    train = upload(client, chat_rows(16, offset=900)).json()["id"]
+    r = client.post("/v1/fine_tuning/jobs", json={"model": ft + "0", "training_file": train})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_found", r.text
+    dpo = upload(client, dpo_rows(8)).json()["id"]
+    r = client.post("/v1/fine_tuning/jobs", json={"model": ft, "training_file": dpo, "method": {"type": "dpo"}})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported", r.text
+    assert len(client.get("/v1/fine_tuning/jobs").json()["data"]) == len(before)
+    r = client.post("/v1/fine_tuning/jobs", json={"model": ft, "training_file": train, "seed": 2,
+                                                  "hyperparameters": {"n_epochs": 1}})
+    assert r.status_code == 200, r.text
+    second = r.json()
+    assert second["model"] == ft
+    w.run_until_idle()
+    done = job(client, second["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["fine_tuned_model"] == f"ft:tiny:tunesmith::{second['id'][-8:]}"
+    run_dir = next((tmp_path / "runs").glob(f"{second['id']}-*"))
+    parent_dir = next((tmp_path / "runs").glob(f"{first['id']}-*"))
+    record = Layout(run_dir).stages()["continue"]
+    assert record["parent"] == ft and Path(record["parent_run"]) == parent_dir.resolve()
+    assert record["strategy"] == "replay" and record["replay"]["count"] > 0
+    assert Path(record["init_from"]) == Run(parent_dir).model_dir.resolve()
+    recipe = Run(run_dir).recipe
+    assert recipe.model.from_ == ft and recipe.model.name == Run(parent_dir).recipe.model.name
+    assert Run(run_dir).load_json("train.json")["continuation"]["parent"] == ft

@@ -65,7 +65,8 @@ def evaluate_backward(session, tuned_model, tuned_result: dict, base_result: dic
         return None
     from ..data.prepare import load_splits
     run, r = session.run, session.run.recipe
-    own_name = f"{record.get('name', r.name)}@v{record.get('version', '?')}"
+    own_name = f"{record.get('name', r.name)}@v{record['version']}" if record.get("version") is not None \
+        else r.name                                  # a continued run that is not a version (a job's model)
     metric = _headline(r)
     suites: dict = {}
     # own (new) suite: the child against its parent on the new test set

@@ -10,8 +10,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from .. import models as model_catalogue
+from ..errors import TunesmithError
 from ..serve.schema import ERROR_RESPONSES
-from .db import (CANCELLED, PAUSED, QUEUED, RUNNING, VALIDATING, CheckpointRow, EventRow, JobRow,
+from .db import (CANCELLED, PAUSED, QUEUED, RUNNING, SUCCEEDED, VALIDATING, CheckpointRow, EventRow, JobRow,
                  add_event, after_cursor, new_id, now, page, transition)
 from .errors import APIError, ErrorRoute, bad_request, not_found
 from .files import FINE_TUNE_FORMATS, get_file
@@ -44,7 +45,10 @@ CREATE_BODY = {"required": True, "content": {"application/json": {"schema": {
 
 
 def fine_tuned_name(base: str, org: str, suffix: str | None, job_id: str) -> str:
-    """``ft:{base}:{org}:{suffix}:{short id}`` (the suffix segment is empty without a suffix)."""
+    """``ft:{base}:{org}:{suffix}:{short id}`` (the suffix segment is empty without a suffix); a job that
+    continues ``ft:{base}:…`` keeps that base, as OpenAI names it."""
+    if base.startswith("ft:"):
+        base = base.split(":")[1]
     return f"ft:{base}:{org}:{suffix or ''}:{job_id[-8:]}"
 
 
@@ -88,6 +92,28 @@ def _resolve_model(ctx: JobsContext, name) -> str:
     known = sorted({*aliases, *model_catalogue.CATALOGUE})
     raise bad_request(f"The model `{name}` does not exist or is not available for fine-tuning; available: "
                       f"{', '.join(known)}", param="model", code="model_not_found")
+
+
+def _parent_job(ctx: JobsContext, name: str, kind: str, method: str) -> str:
+    """A job's model ``ft:…`` continues that succeeded job's run (its adapter, with replay of its data): the base
+    model the new job trains on, or 400 when there is no such model or it cannot be continued."""
+    from ..lifecycle.continuation import check_parent
+    from ..rundir import Run, is_run_dir
+    with ctx.db.session() as s:
+        row = s.scalar(select(JobRow).where(JobRow.fine_tuned_model == name, JobRow.status == SUCCEEDED))
+    if row is None or not row.run_dir or not is_run_dir(row.run_dir):
+        raise bad_request(f"The model `{name}` does not exist: no succeeded fine-tuning job made it", param="model",
+                          code="model_not_found")
+    if kind != "supervised" or row.method_type != "supervised":
+        raise bad_request(f"Continuing a fine-tuned model is supported for supervised jobs on supervised models; "
+                          f"`{name}` is {row.method_type} and this job is {kind}", param="model",
+                          code="model_not_supported")
+    try:
+        check_parent(row.run_dir, name, "replay", method=method)
+    except TunesmithError as e:
+        raise bad_request(f"The model `{name}` cannot be continued: {e}", param="model",
+                          code="model_not_supported") from None
+    return Run(row.run_dir).recipe.model.name
 
 
 def _training_input(ctx: JobsContext, file_id, param: str, kind: str):
@@ -146,8 +172,13 @@ def _check_metadata(meta):
 
 def _create(ctx: JobsContext, body: dict) -> dict:
     model_name = body.get("model")
-    recipe_model = _resolve_model(ctx, model_name)
     kind, requested, where = parse_method(body)
+    template = ctx.settings.job_template()
+    parent = isinstance(model_name, str) and model_name.startswith("ft:")
+    if parent:
+        recipe_model = _parent_job(ctx, model_name, kind, (template.get("method") or {}).get("name", "lora"))
+    else:
+        recipe_model = _resolve_model(ctx, model_name)
     hp = check_hyperparameters(requested, kind, where)
     train = _training_input(ctx, body.get("training_file"), "training_file", kind)
     valid = None
@@ -164,10 +195,11 @@ def _create(ctx: JobsContext, body: dict) -> dict:
     meta = _check_metadata(body.get("metadata"))
     integrations = _check_integrations(body.get("integrations"))
     job_id = new_id("ftjob-")
-    template = ctx.settings.job_template()
     resolved = resolve(template, kind, hp, train.examples or 0)
     recipe = job_recipe(template, job_id=job_id, model=recipe_model, kind=kind, data_format=train.format,
                         hp=resolved, seed=seed, where=where)
+    if parent:       # the worker continues that job's run (lifecycle.continuation.prepare_from_run)
+        recipe["model"]["from"] = model_name
     row = JobRow(id=job_id, created_at=now(), model=model_name, status=VALIDATING, training_file=train.id,
                  validation_file=valid.id if valid else None, suffix=suffix, seed=seed, method_type=kind,
                  hyperparameters=resolved, meta=meta, integrations=integrations,

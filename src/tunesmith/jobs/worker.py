@@ -246,10 +246,13 @@ class _JobRun:
                 self.run_dir = resume_dir
                 path = pipeline.run(None, resume_dir=resume_dir, on_step=self.on_step, on_eval=self.on_eval)
             else:
-                prepared = pipeline.prepare(self._recipe())
+                prepared, continuation = self._prepare()
                 self.run_dir = prepared.path
                 self._record_run_dir()
                 path = pipeline.run(prepared, on_step=self.on_step, on_eval=self.on_eval)
+                if continuation is not None:
+                    from ..lifecycle.continuation import record_outcome
+                    record_outcome(prepared, continuation)
             self._succeed(Path(path))
         except _Stop as e:
             self._stopped(e)
@@ -276,6 +279,23 @@ class _JobRun:
         with self.db.session() as s:
             s.execute(update(JobRow).where(JobRow.id == self.job.id, JobRow.worker_id == self.w.id)
                       .values(run_dir=str(self.run_dir)).execution_options(synchronize_session=False))
+
+    def _prepare(self) -> tuple[Run, dict | None]:
+        """The job's run folder; for a job whose model is ``ft:…``, continuing that job's run (replay of its data,
+        its adapter as the start) with the continuation record."""
+        from .. import pipeline
+        recipe = self._recipe()
+        parent = (recipe.get("model") or {}).get("from")
+        if not parent:
+            return pipeline.prepare(recipe), None
+        from ..lifecycle.continuation import prepare_from_run
+        with self.db.session() as s:
+            parent_dir = s.scalar(select(JobRow.run_dir).where(JobRow.fine_tuned_model == parent,
+                                                                 JobRow.status == SUCCEEDED))
+        if not parent_dir or not is_run_dir(parent_dir):
+            raise TunesmithError(f"the model {parent} to continue from is gone", field="model")
+        user = {**recipe, "model": {k: v for k, v in recipe["model"].items() if k != "from"}}
+        return prepare_from_run(parent_dir, parent, user)
 
     def _recipe(self) -> dict:
         for param in ("training_file", "validation_file"):

@@ -37,12 +37,12 @@ from __future__ import annotations
 import copy
 import random
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import TunesmithError
 from ..fsutil import atomic_write_json, sha256_file
-from ..rundir import Layout, Run, read_json, read_jsonl
+from ..rundir import Layout, Run, has_model, read_json, read_jsonl
 from .versions import Version, resolve, versions
 
 ADAPTER_KEYS = ("r", "alpha", "target_modules")     # fixed by the parent's saved adapter under replay/regularize
@@ -99,6 +99,17 @@ def _parent_checks(parent: Version, parent_run: Run, strategy: str) -> None:
     elif strategy == "stack" and not parent_run.has_merged():
         raise TunesmithError(f"strategy stack trains on the parent's merged model, but {parent.ref} has none "
                              "(export.merged: true and a mergeable method)", file=str(parent_run.merged_dir))
+
+
+def check_parent(run_dir: str | Path, label: str, strategy: str, *, method: str | None = None) -> None:
+    """Whether the finished run ``run_dir`` (named ``label``) can be continued with ``strategy`` (and, for the
+    adapter strategies, by a child of method ``method``): a one-line error when not."""
+    parent = RunParent(name=label, number=0, run_dir=Path(run_dir), label=label)
+    parent_run = Run(run_dir)
+    _parent_checks(parent, parent_run, strategy)
+    if method and strategy in ADAPTER_STRATEGIES and method != parent_run.recipe.method.name:
+        raise TunesmithError(f"method {method} differs from {label}'s {parent_run.recipe.method.name}; {strategy} "
+                             "continues the parent's adapter", field="method.name")
 
 
 def _from_user(user: dict, parent: Version, parent_run: Run, strategy: str, expected: str, number: int) -> dict:
@@ -274,6 +285,21 @@ def _check_label_set(recipe, manifest: dict) -> None:
                              field="data.labels")
 
 
+def harvest_record(data: str | None) -> dict | None:
+    """When the new data is a file written by `tunesmith harvest` (its ``*.harvest.json`` summary beside it names
+    this file): where it came from, per line the response and feedback id, for the manifest and the lineage."""
+    from .feedback import output_paths
+    if not data or data.startswith("package:"):
+        return None
+    path = Path(data).expanduser().resolve()
+    summary = read_json(output_paths(path)["summary"])
+    if not summary or Path((summary.get("files") or {}).get("sft") or "").resolve() != path:
+        return None
+    return {"summary": str(output_paths(path)["summary"]), "file": str(path), "sha256": sha256_file(path),
+            "log_dir": summary.get("log_dir"), "since": summary.get("since"),
+            "count": (summary.get("harvested") or {}).get("sft"), "lines": (summary.get("lines") or {}).get("sft")}
+
+
 def next_number(name: str, *, tracking_uri=None, root=None) -> int:
     found = versions(name, tracking_uri=tracking_uri, root=root)
     return max((v.number for v in found), default=0) + 1
@@ -284,12 +310,42 @@ def prepare_continuation(ref: str, data: str | None, overrides: list[str] | None
     """Check everything, then create the new run folder with its data (new + replayed) and the continuation
     record; returns ``(run, parent version, record)``. Nothing is created when a check fails. ``user``: a user
     recipe the child starts from (see :func:`child_recipe`; ``data`` is then its own)."""
-    from .. import models
-    from ..data import prepare as data_prepare
     parent = resolve(ref, tracking_uri=tracking_uri, root=root)
     chain = ancestry(parent, tracking_uri=tracking_uri, root=root)
     number = next_number(parent.name, tracking_uri=tracking_uri, root=root)
     recipe = child_recipe(parent, data, overrides, number, user=user)
+    run, record = _create(parent, chain, number, recipe, data)
+    return run, parent, record
+
+
+@dataclass
+class RunParent(Version):
+    """A finished run that is not a registered version (a fine-tuning job's model), named by ``label``."""
+    label: str = ""
+
+    @property
+    def ref(self) -> str:
+        return self.label
+
+
+def prepare_from_run(parent_dir: str | Path, label: str, user: dict) -> tuple[Run, dict]:
+    """Continue a finished run that is not a registered version (the jobs API's ``model: "ft:…"``) from the
+    recipe ``user`` (the job's); ``label`` names the parent in the records. The ancestors to replay are the
+    parent and those its own continuation record lists. Nothing is created when a check fails."""
+    parent = RunParent(name=label, number=0, run_dir=Path(parent_dir).resolve(), label=label)
+    if not has_model(parent.run_dir):
+        raise TunesmithError(f"{label} has no trained model to continue from", file=str(parent.run_dir))
+    earlier = (Layout(parent.run_dir).stages().get("continue") or {}).get("ancestors") or []
+    chain = [RunParent(name=a["ref"], number=0, run_dir=Path(a["run_dir"]), label=a["ref"]) for a in earlier
+             if Path(a["run_dir"]).is_dir()] + [parent]
+    recipe = child_recipe(parent, None, None, 0, user=user)
+    return _create(parent, chain, None, recipe, None)
+
+
+def _create(parent: Version, chain: list[Version], number: int | None, recipe, data: str | None) -> tuple[Run, dict]:
+    """The child's splits (new data + the replayed sample), then its run folder with the continuation record."""
+    from .. import models
+    from ..data import prepare as data_prepare
     cfg = recipe.continue_
     models.resolve(recipe.model.name)
     models.check_max_length(recipe.model.name, recipe.data.max_length)
@@ -303,8 +359,12 @@ def prepare_continuation(ref: str, data: str | None, overrides: list[str] | None
         replay["new_examples"] = len(train) - len(replayed)
         replay["share"] = len(replayed) / len(train)
     manifest["replay"] = replay
+    harvested = harvest_record(data)
+    if harvested:
+        manifest["harvest"] = harvested
     manifest["counts"] = {k: len(v) for k, v in splits.items()}
-    record = {"parent": parent.ref, "parent_run": str(parent.run_dir), "name": parent.name, "version": number,
+    record = {"parent": parent.ref, "parent_run": str(parent.run_dir),
+              "name": parent.name if number is not None else recipe.name, "version": number,
               "strategy": cfg.strategy, "ancestors": [{"ref": v.ref, "run_dir": str(v.run_dir)} for v in chain],
               "replay": {k: replay[k] for k in ("ratio", "requested", "count", "pool", "strata")},
               "init_from": getattr(recipe.method, "init_from", None), "model": recipe.model.name,
@@ -316,7 +376,17 @@ def prepare_continuation(ref: str, data: str | None, overrides: list[str] | None
     data_prepare.save_splits(run.data_dir, splits, manifest)
     run.mark("prepare", counts=manifest["counts"])
     run.mark("continue", **record)
-    return run, parent, record
+    return run, record
+
+
+def record_outcome(run: Run, record: dict) -> dict:
+    """After training a continuation: the record (with the anchor's measured values under regularize) joins the
+    run's train.json; returns it."""
+    info = read_json(run.train_json) or {}
+    if "regularize" in record:
+        record["regularize"] = {**record["regularize"], **(info.get("anchor") or {})}
+    atomic_write_json(run.train_json, {**info, "continuation": record})
+    return record
 
 
 def continue_version(ref: str, data: str | None, overrides: list[str] | None = None, *, tracking_uri=None,
@@ -334,10 +404,7 @@ def continue_version(ref: str, data: str | None, overrides: list[str] | None = N
                   f"{rep['count']} replayed example(s) from {len(record['ancestors'])} version(s) "
                   f"(ratio {rep['ratio']:g}) -> {run.path}", markup=False, highlight=False)
     pipeline.run(run, after_export=after_export)
-    info = read_json(run.train_json) or {}
-    if "regularize" in record:
-        record["regularize"] = {**record["regularize"], **(info.get("anchor") or {})}
-    atomic_write_json(run.train_json, {**info, "continuation": record})
+    record_outcome(run, record)
     if not register_version:
         return run.path
     version = register(run.path, parent.name, parent=parent.ref, strategy=record["strategy"],
@@ -361,4 +428,4 @@ def continue_from_recipe(source: str | Path | dict, overrides: list[str] | None 
                             root=root if root is not None else recipe.output_dir, after_export=after_export, user=user)
 
 
-__all__ = ["continue_version", "continue_from_recipe", "prepare_continuation", "child_recipe", "replay_sample", "ancestry", "next_number"]
+__all__ = ["continue_version", "continue_from_recipe", "prepare_continuation", "prepare_from_run", "check_parent", "record_outcome", "RunParent", "child_recipe", "replay_sample", "ancestry", "next_number"]
