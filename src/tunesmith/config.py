@@ -181,7 +181,12 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for weights init, shuffling and dropout.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Training device.")
-    threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores).")
+    threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores; with nproc, "
+                                                                 "per process: the cores divided among them).")
+    nproc: int = Field(1, ge=1, le=1024, description="Processes for data-parallel training (torchrun; gloo on CPU, "
+                                                     "NCCL on CUDA): each trains on its share of every batch, "
+                                                     "gradients are summed, rank 0 writes. Same results as 1 "
+                                                     "process with the same batch size.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training compute precision: `auto` probes the device once (cached) and uses bf16 "
                             "autocast where it is clearly faster, fp32 elsewhere; fp16 needs a CUDA GPU. "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import models
@@ -125,14 +126,26 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
     from .methods.base import count_trainable
     from .train.loop import train as loop_train
     from .tuned import prepare_for_training
+    from .train import distributed
+    from .train.loop import TrainResult
     run = prepare(target, overrides) if _is_recipe(target) else as_run(target)
     if resume and not (run.checkpoints.is_dir() or run.metrics_path.is_file()):
         raise TunesmithError("nothing to resume: the run has not started training", file=str(run.path))
     if not resume and run.model_dir.exists():
         raise TunesmithError("run already trained; start a new run or use --resume", file=str(run.path))
-    with _failing(run, "train"):
+    r = run.recipe
+    distributed.check_settings(r.train, callbacks=bool(on_eval or on_step or stop_after))
+    if r.train.nproc > 1 and not distributed.in_rank_process():      # the ranks train; this process waits
+        with _failing(run, "train"):
+            distributed.launch(run.path, r.train.nproc, resume=resume, threads=r.train.threads)
+        if session is not None:
+            session.tuned_model = None        # evaluation loads what rank 0 saved
+        info = run.load_json("train.json") or {}
+        _track(run)
+        return run, TrainResult(**{k: info.get(k) for k in TrainResult.__dataclass_fields__})
+    ranks = distributed.current()
+    with _failing(run, "train") if ranks.main else nullcontext():
         session = session or Session(run)
-        r = run.recipe
         model = prepare_for_training(session.base_model, session.method, session.objective, r, session.tokenizer,
                                      calibration=session.calibration(), seqs=session.seqs)
         trainable, total = count_trainable(model)
@@ -141,10 +154,12 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
         result = loop_train(model, session.seqs["train"], session.seqs["validation"], session.objective, r.train,
                             run.path, pad_id=session.tokenizer.pad_token_id, resume=resume, stop_after=stop_after,
                             on_eval=on_eval, on_step=on_step)
+        session.tuned_model = model
+        if not ranks.main:            # rank 0 writes train.json and the model
+            return run, result
         info = {**result.__dict__, "trainable_parameters": trainable, "total_parameters": total,
                 "token_stats": session.token_stats}
         atomic_write_json(run.train_json, info)
-        session.tuned_model = model
         if stop_after is not None and result.steps < (result.total_steps or planned_steps(session)):
             return run, result
         save_tuned(session.method, model, session.tokenizer, run.model_dir, session.objective)

@@ -18,15 +18,12 @@ def run(recipe: str = typer.Argument(..., help="Recipe YAML, or a run directory 
         overrides: Optional[List[str]] = overrides_argument(),
         resume: bool = typer.Option(False, "--resume", help="Continue RECIPE (a run directory) from its last checkpoint."),
         time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Train for about this long (90s, 10m, "
-                                                  "1h30m): same as train.time_budget=...")):
+                                                  "1h30m): same as train.time_budget=..."),
+        nproc: Optional[int] = typer.Option(None, "--nproc", help="Train on N processes (data parallel): same as "
+                                            "train.nproc=N.")):
     """validate -> prepare -> train -> evaluate (base vs tuned) -> export, in a new run directory."""
     from .. import pipeline
-    if time_budget is not None:
-        if resume:
-            from ..errors import TunesmithError
-            raise TunesmithError("--time-budget cannot change a run being resumed (it keeps its recorded plan)",
-                                 field="--time-budget")
-        overrides = [*(overrides or []), f"train.time_budget={time_budget}"]
+    overrides = _shortcuts(overrides, resume, **{"--time-budget": time_budget, "--nproc": nproc})
 
     def live_parity(run) -> None:      # export.verify: merged / GGUF / a live server vs adapter-on-base
         if run.recipe.export.verify:
@@ -43,6 +40,20 @@ def run(recipe: str = typer.Argument(..., help="Recipe YAML, or a run directory 
     path = pipeline.run(None if resume else recipe, overrides, resume_dir=recipe if resume else None,
                         after_export=live_parity)
     closing_lines(path)
+
+
+def _shortcuts(overrides: list[str] | None, resume: bool, **options) -> list[str] | None:
+    """``--time-budget X`` / ``--nproc N`` as the overrides they stand for; a resumed run keeps its recipe."""
+    fields = {"--time-budget": "train.time_budget", "--nproc": "train.nproc"}
+    for flag, value in options.items():
+        if value is None:
+            continue
+        if resume:
+            from ..errors import TunesmithError
+            raise TunesmithError(f"{flag} cannot change a run being resumed (it keeps its recorded recipe)",
+                                 field=flag)
+        overrides = [*(overrides or []), f"{fields[flag]}={value}"]
+    return overrides
 
 
 def closing_lines(path: Path) -> None:
@@ -116,9 +127,12 @@ def data_prepare(recipe: str = typer.Argument(..., help="Recipe YAML."),
 
 def train(target: str = typer.Argument(..., help="Recipe YAML (prepares a new run) or a prepared run directory."),
           overrides: Optional[List[str]] = overrides_argument(),
-          resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint.")):
+          resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+          nproc: Optional[int] = typer.Option(None, "--nproc", help="Train on N processes (data parallel): same "
+                                              "as train.nproc=N (for a recipe; a prepared run keeps its own).")):
     """Fine-tune; writes checkpoints, metrics.jsonl and the trained model into the run directory."""
     from .. import pipeline
+    overrides = _shortcuts(overrides, resume, **{"--nproc": nproc})
     r, _result = pipeline.train(target, overrides, resume=resume)
     print(r.path)
 

@@ -16,6 +16,7 @@ import torch
 from ..data.tokenize import batches
 from . import budget as tb
 from . import checkpoint
+from . import distributed as ddp
 from . import precision as prec
 from .anchor import anchor_for_run
 from .checkpoint import LoopState
@@ -38,6 +39,7 @@ class TrainResult:
     precision: dict | None = None        # {"used", "requested", "reason"}
     time_budget: dict | None = None      # planned vs actual, when train.time_budget is set
     anchor: dict | None = None           # the weight anchor's record (continue.strategy regularize), else None
+    distributed: dict | None = None      # {"nproc", "backend", "rank_weight_spread"} when trained on N processes
 
 
 def seed_everything(seed: int) -> None:
@@ -131,6 +133,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     accelerator = make_accelerator(cfg.device)
+    ranks = ddp.current()         # under the train.nproc launcher: this rank of the group (accelerate set it up)
     precision = prec.choose(cfg.precision, accelerator.device)    # before seeding: a probe draws no numbers
     seed_everything(cfg.seed)
     scaler = precision.grad_scaler()
@@ -150,9 +153,13 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
         sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
         scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                                   num_training_steps=total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if ranks.distributed:       # no DDP wrapper: each step's gradients are summed by ddp.reduce_gradients
+        model = model.to(accelerator.device)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     layout = Layout(run_dir)
     ckpt_root, metrics_path = layout.checkpoints, layout.metrics_path
     bare = accelerator.unwrap_model(model)
@@ -160,33 +167,41 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
 
     state = LoopState()
     if resume:
-        checkpoint.clean_partial(ckpt_root)
+        if ranks.main:
+            checkpoint.clean_partial(ckpt_root)
+        ddp.barrier(ranks)
         say = (lambda m: console.print(m, style="yellow", markup=False, highlight=False, soft_wrap=True)) \
-            if accelerator.is_main_process else (lambda m: None)
+            if ranks.main else (lambda m: None)
         if (last := checkpoint.latest_intact(ckpt_root, log=say)) is not None:
             state = checkpoint.restore(last, accelerator.unwrap_model(model), optimizer, scheduler)
         # rows logged after the restored step (or all of them: no checkpoint) are replayed; torn lines dropped
-        truncate_metrics(metrics_path, state.step)
+        if ranks.main:
+            truncate_metrics(metrics_path, state.step)
     if planned is not None:          # restored with the scheduler: a resumed run keeps its plan
         total_steps = planned.total
     if anchor is not None:
         anchor.start = anchor.measure(bare)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    metrics_file = _open_for_append(metrics_path)
+    ddp.broadcast_parameters(trainable, ranks)
+    metrics_file = _open_for_append(metrics_path) if ranks.main else None
     last_loss = None
     steps_this_call = 0
     step_times: list[float] = []     # this call's step durations, for the time budget's plan
     try:
-        with TrainProgress(total_steps, start=state.step, enabled=accelerator.is_main_process,
+        with TrainProgress(total_steps, start=state.step, enabled=ranks.main,
                            description=f"train {precision.used}") as bar:
             bar.note(f"precision {precision.used}: {precision.reason}")
+            if ranks.distributed:
+                bar.note(f"data parallel: {ranks.world} processes, each micro-batch split between them")
             call_t0, elapsed0 = time.perf_counter(), planned.elapsed_s if planned is not None else 0.0
             while state.step < total_steps and not state.early_stopped:
                 t0 = time.perf_counter()
                 chunk = plan[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
-                mbs = [collate([train_seqs[i] for i in idx], pad_id) for idx in chunk]
-                n_trained = sum(b["n_loss"] for b in mbs)
+                mbs = [collate([train_seqs[i] for i in part], pad_id)
+                       for part in (ddp.shard(idx, ranks) for idx in chunk) if part]
+                n_trained, tokens = (int(v) for v in ddp.sum_across(
+                    [sum(b["n_loss"] for b in mbs), sum(b["n_tokens"] for b in mbs)], ranks, device))
                 step_loss = 0.0
                 for j, b in enumerate(mbs):
                     b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
@@ -197,10 +212,16 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                             loss = out.loss_sum / max(n_trained, 1)
                         loss = loss.float()
                         step_loss += float(loss.detach())
-                        if anchor is not None and j == 0:       # once per optimizer step, outside autocast
+                        if anchor is not None and j == 0 and ranks.main:   # once per step, outside autocast
                             penalty = anchor.penalty(bare)
                             loss = loss + penalty
                         accelerator.backward(scaler.scale(loss) if scaler else loss)
+                if anchor is not None and not (mbs and ranks.main):      # its value for the record
+                    with torch.no_grad():
+                        penalty = anchor.penalty(bare)
+                ddp.reduce_gradients(trainable, ranks)
+                if ranks.distributed:
+                    step_loss = ddp.sum_across([step_loss], ranks, device)[0]
                 grad_norm = None
                 if scaler:
                     scaler.unscale_(optimizer)
@@ -214,7 +235,6 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 dt = time.perf_counter() - t0
-                tokens = sum(b["n_tokens"] for b in mbs)
                 state.step += 1
                 state.tokens += tokens
                 state.trained_tokens += n_trained
@@ -250,7 +270,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                         on_eval(state.step, ev)
                     if state.best_val is None or ev["val_loss"] < state.best_val - 1e-4:
                         state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
-                        checkpoint.save_best(ckpt_root, accelerator.unwrap_model(model))
+                        if ranks.main:
+                            checkpoint.save_best(ckpt_root, accelerator.unwrap_model(model))
                     else:
                         state.bad_evals += 1
                         if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
@@ -264,7 +285,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     ts = time.perf_counter()
                     if planned is not None:    # the checkpoint carries the plan (in the scheduler's state)
                         planned.elapsed_s = elapsed0 + ts - call_t0 + (planned.save_s or 0.0)
-                    checkpoint.save(ckpt_root, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                    if ranks.main:
+                        checkpoint.save(ckpt_root, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                    ddp.barrier(ranks)
                     if planned is not None:
                         planned.save_s = time.perf_counter() - ts
                         planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
@@ -273,11 +296,14 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 if stop_after is not None and steps_this_call >= stop_after:
                     break
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     finished = state.step >= total_steps or state.early_stopped
+    spread = ddp.disagreement(trainable, ranks, device)
     if finished and val_seqs:
+        ddp.barrier(ranks)                 # rank 0's best weights are on disk
         checkpoint.load_best(ckpt_root, accelerator.unwrap_model(model))
     if anchor is not None:
         anchor.end = anchor.measure(bare)
@@ -286,7 +312,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                        best_step=state.best_step, best_val_loss=state.best_val,
                        early_stopped=state.early_stopped, final_train_loss=last_loss, total_steps=total_steps,
                        precision=precision.as_dict(), time_budget=planned.report() if planned is not None else None,
-                       anchor=anchor.record() if anchor is not None else None)
+                       anchor=anchor.record() if anchor is not None else None,
+                       distributed={"nproc": ranks.world, "backend": ddp.backend(device),
+                                    "rank_weight_spread": spread} if ranks.distributed else None)
 
 
 def _budget_refine(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,
@@ -340,6 +368,8 @@ def _open_for_append(path: Path):
 
 
 def _write(f, record: dict) -> None:
+    if f is None:        # not rank 0 of a data-parallel group: rank 0 writes the records
+        return
     f.write(json.dumps(record) + "\n")
     f.flush()
 
