@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 # Highest first. A module may import its own layer or any lower one (never a higher one).
 LAYERS: list[set[str]] = [
     {"cli"},
-    {"serve", "jobs", "lifecycle.source"},
+    {"serve", "jobs", "lifecycle.source", "ddp"},
     {"pipeline", "verify", "sweep", "advise", "chat", "tracking", "runs", "eval.stage", "eval.backward", "lifecycle",
      "lifecycle.feedback", "lifecycle.drift"},
     {"tuned", "session", "export", "gguf_export"},
