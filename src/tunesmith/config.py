@@ -74,7 +74,8 @@ class ModelConfig(_Strict):
         None, alias="from",
         description="NAME@ALIAS (or NAME@vN, NAME): `tunesmith run` trains the next version of that named model "
                     "continuing from this version (the `continue:` section's strategy) on this recipe's data, "
-                    "and registers it as NAME@vN+1.")
+                    "and registers it as NAME@vN+1. (A fine-tuning job continuing a job's model records "
+                    "`ft:…` here.)")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the hub.")
 
 
