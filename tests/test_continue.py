@@ -205,12 +205,18 @@ def test_unknown_version_or_alias_is_one_line_and_creates_nothing(lineage, ref, 
     assert sorted(p.name for p in runs.iterdir()) == before
 
 
-@pytest.mark.parametrize("strategy", ["replay", "stack"])
-def test_base_model_mismatch_is_one_line(lineage, strategy, tmp_path, monkeypatch, capsys):
+def _other_model(tmp_path):
+    """A second tiny model (other weights) that is not the lineage's base."""
     other = tmp_path / "other-model"
     tok = make_tokenizer()
     make_model(tok, seed=3).save_pretrained(other)
     tok.save_pretrained(other)
+    return other
+
+
+@pytest.mark.parametrize("strategy", ["replay", "stack"])
+def test_base_model_mismatch_is_one_line(lineage, strategy, tmp_path, monkeypatch, capsys):
+    other = _other_model(tmp_path)
     runs = lineage["runs"]
     before = sorted(p.name for p in runs.iterdir())
     code, _ = _cli(["continue", "tiny@v1", str(lineage["b"]), *B_ARGS, f"continue.strategy={strategy}",
@@ -340,10 +346,7 @@ def test_model_from_unknown_version_is_one_line_and_creates_nothing(lineage, mon
 
 
 def test_model_from_with_another_base_model_is_one_line(lineage, tmp_path, monkeypatch, capsys):
-    other = tmp_path / "other-model"
-    tok = make_tokenizer()
-    make_model(tok, seed=3).save_pretrained(other)
-    tok.save_pretrained(other)
+    other = _other_model(tmp_path)
     runs = lineage["runs"]
     before = sorted(p.name for p in runs.iterdir())
     path = from_recipe(tmp_path, runs, "tiny@v1", name=str(other))
