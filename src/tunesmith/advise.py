@@ -143,8 +143,10 @@ def recommendation(scores: dict[str, float], key: str, method: dict, *, sample: 
         text = (f"fine-tune with {method['family']} (method.name: {method['method']}"
                 + (f", method.r: {method['r']}" if method.get("r") else "") + ")")
         reasons += [quality["text"], *method["why"]]
+    overrides = ([f"method.name={method['method']}"] + ([f"method.r={method['r']}"] if method.get("r") else [])) \
+        if fine_tune else []
     return {"fine_tune": fine_tune, "deploy": None if fine_tune else best, "best_baseline": best,
-            "method": method.get("method") if fine_tune else None,
+            "method": method.get("method") if fine_tune else None, "overrides": overrides,
             "family": method["family"] if fine_tune else "none (prompting)", "text": text, "reasons": reasons}
 
 
