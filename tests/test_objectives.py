@@ -1,4 +1,5 @@
-"""SFT objective options: label smoothing matches torch's definition; NEFTune noise only while training."""
+"""SFT objective: label smoothing matches torch's definition; NEFTune noise only while training; a shared prompt
+runs once per batch with the same loss and gradients."""
 import torch
 import torch.nn.functional as F
 
@@ -45,3 +46,56 @@ def test_recipe_configures_the_objective(tmp_path):
     r = load_recipe({"data": {"train": "x.jsonl"}, "objective": {"label_smoothing": 0.2, "neftune_alpha": 5}})
     obj = from_recipe(r)
     assert obj.label_smoothing == 0.2 and obj.neftune_alpha == 5
+
+
+def shared_prompt_batch(tokenizer, system: str = "You sort short reviews. " * 12):
+    exs = [Example(messages=[{"role": "system", "content": system}, {"role": "user", "content": u},
+                             {"role": "assistant", "content": a}])
+           for u, a in [("the movie was fun", "great fun"), ("dull", "bland"), ("a long and winding tale", "ok")]]
+    seqs, _ = tokenize_all(exs, tokenizer, 256)
+    return collate(seqs, tokenizer.pad_token_id)
+
+
+def test_a_shared_prompt_runs_once_with_the_same_loss_and_gradients(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.objectives import sft
+    batch = shared_prompt_batch(tokenizer)
+    start = sft.shared_prefix(batch)
+    assert start >= sft.SHARED_PREFIX_MIN
+    assert (batch["input_ids"][:, :start + 1] == batch["input_ids"][:1, :start + 1]).all()
+    assert (batch["labels"][:, :start + 2] == IGNORE).all()      # nothing trained is predicted in the prefix
+    model = get_peft_model(make_model(tokenizer), LoraConfig(r=4, target_modules="all-linear",
+                                                             init_lora_weights=False)).train()
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = SFTObjective()(model, batch)
+        out.loss_sum.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    calls = []
+    backbone = model.get_base_model().get_decoder()
+    hook = backbone.register_forward_pre_hook(lambda _m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    shared, grads = loss_and_grads()
+    hook.remove()
+    assert calls == [(1, start), (3, batch["input_ids"].shape[1] - start)]    # the prompt once, then each row
+    old, sft.SHARED_PREFIX_MIN = sft.SHARED_PREFIX_MIN, 10**9            # every row runs its whole prompt
+    try:
+        full, ref = loss_and_grads()
+    finally:
+        sft.SHARED_PREFIX_MIN = old
+    assert shared.count == full.count == batch["n_loss"]
+    assert torch.allclose(shared.loss_sum, full.loss_sum, rtol=1e-5)
+    assert max((grads[k] - ref[k]).abs().max().item() for k in ref) < 1e-5 * max(r.abs().max().item() for r in ref.values())
+
+
+def test_no_shared_prompt_when_rows_differ_early_or_a_row_stands_alone(tokenizer):
+    from tunesmith.objectives.sft import shared_prefix
+    assert shared_prefix(batch_for(tokenizer)) == 0                  # a few shared tokens: not worth a call
+    one = shared_prompt_batch(tokenizer)
+    assert shared_prefix({k: v[:1] if hasattr(v, "shape") else v for k, v in one.items()}) == 0
+    packed = dict(one)
+    packed["position_ids"] = packed.pop("attention_mask")            # packed rows: no padding mask
+    assert shared_prefix(packed) == 0
+    assert shared_prefix(one) > 0

@@ -29,12 +29,45 @@ def is_prompt_learning(model) -> bool:
     return bool(getattr(cfg, "is_prompt_learning", False))
 
 
+SHARED_PREFIX_MIN = 32      # tokens: below this the second forward call costs more than it saves
+
+
+def shared_prefix(batch: dict) -> int:
+    """How many leading tokens every row of a right-padded batch shares without any loss on them
+    (the first position with a loss, or where the rows differ, stays out so that its prediction is
+    computed per row); 0 when that is under ``SHARED_PREFIX_MIN`` or the batch cannot share."""
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    if mask is None or ids.shape[0] < 2:         # packed rows (position_ids) or a single row
+        return 0
+    shortest = int(mask.sum(dim=1).min())
+    differs = (ids[:, :shortest] != ids[:1, :shortest]).any(dim=0) | (batch["labels"][:, :shortest] != IGNORE).any(dim=0)
+    common = int(differs.nonzero()[0]) if bool(differs.any()) else shortest
+    start = common - 1
+    return start if start >= SHARED_PREFIX_MIN else 0
+
+
+def prefix_forward(backbone, input_ids, attention_mask, start: int):
+    """Hidden states of positions ``start:`` with the first ``start`` tokens (the same in every row)
+    computed once and their keys/values repeated for each row; gradients flow through the shared part
+    as if every row had computed it (the sum of the rows' gradients). None when the model returns no
+    cache it can repeat."""
+    rows = input_ids.shape[0]
+    cache = backbone(input_ids=input_ids[:1, :start], use_cache=True).past_key_values
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None                   # an architecture without a repeatable cache: the caller runs every row
+    cache.batch_repeat_interleave(rows)
+    positions = torch.arange(start, input_ids.shape[1], device=input_ids.device).expand(rows, -1)
+    return backbone(input_ids=input_ids[:, start:], attention_mask=attention_mask, past_key_values=cache,
+                    position_ids=positions, use_cache=True).last_hidden_state
+
+
 class SFTObjective:
     """Cross-entropy on the labelled tokens.
 
     Only hidden states at trained positions go through the output projection: with a
     49k-token vocabulary the full logits dominate time and memory, and prompt tokens
-    (most of a chat example) have no loss anyway. Prompt-learning methods (soft prompts,
+    (most of a chat example) have no loss anyway. A prompt that every row of a batch starts
+    with (a long shared system prompt and instruction) runs once per batch, not once per row. Prompt-learning methods (soft prompts,
     prefixes) run through the peft wrapper, which prepends their virtual tokens.
     """
 
@@ -70,14 +103,20 @@ class SFTObjective:
         return {"inputs_embeds": embeds + torch.empty_like(embeds).uniform_(-scale, scale)}
 
     def __call__(self, model, batch: dict) -> LossOutput:
-        targets = batch["labels"][:, 1:]
         if is_prompt_learning(model):
             return self._via_wrapper(model, batch)
         core = core_model(model)
         backbone, head = core.get_decoder(), core.get_output_embeddings()
-        inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
-        hidden = backbone(**self._inputs(core, batch["input_ids"], model), **inputs,
-                          use_cache=False).last_hidden_state
+        # NEFTune noises every row's embeddings separately; checkpointed layers keep no cache
+        start = 0 if (self.neftune_alpha and model.training) or getattr(core, "is_activation_checkpointing", False) \
+            else shared_prefix(batch)
+        hidden = prefix_forward(backbone, batch["input_ids"], batch["attention_mask"], start) if start else None
+        if hidden is None:
+            start = 0
+            inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+            hidden = backbone(**self._inputs(core, batch["input_ids"], model), **inputs,
+                              use_cache=False).last_hidden_state
+        targets = batch["labels"][:, start + 1:]
         keep = targets != IGNORE
         logits = head(hidden[:, :-1][keep]).float()
         loss = F.cross_entropy(logits, targets[keep], reduction="sum", label_smoothing=self.label_smoothing)
