@@ -12,6 +12,9 @@ from tunesmith.generation import render_prompt
 LABELS = ["positive", "negative", "mixed feelings", "pos"]     # "pos" is a prefix of "positive"
 PROMPTS = [[{"role": "system", "content": "Classify the review."}, {"role": "user", "content": "good " * k + "film"}]
            for k in range(1, 8)]
+# a system prompt long enough that a batch computes it once (generation.SHARED_PREFIX_MIN)
+LONG = [[{"role": "system", "content": "Classify the review as one of the four labels listed. " * 4}, p[1]]
+        for p in PROMPTS]
 
 
 def brute_force(model, tokenizer, messages, labels) -> torch.Tensor:
@@ -39,11 +42,12 @@ def models():
 TOK, MODELS = models()
 
 
+@pytest.mark.parametrize("prompts", [PROMPTS, LONG], ids=["short", "shared-prefix"])
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_only_labels_batched_equals_single_and_probabilities_sum_to_one(kind):
+def test_only_labels_batched_equals_single_and_probabilities_sum_to_one(kind, prompts):
     model = MODELS[kind]
-    batched = choose_labels(model, TOK, PROMPTS, LABELS, batch_size=4)
-    single = [choose_labels(model, TOK, [p], LABELS, batch_size=1)[0] for p in PROMPTS]
+    batched = choose_labels(model, TOK, prompts, LABELS, batch_size=4)
+    single = [choose_labels(model, TOK, [p], LABELS, batch_size=1)[0] for p in prompts]
     for b, s in zip(batched, single):
         assert b.label in LABELS and b.label == s.label
         assert sum(b.probs) == pytest.approx(1.0, abs=1e-5)
@@ -51,11 +55,12 @@ def test_only_labels_batched_equals_single_and_probabilities_sum_to_one(kind):
         assert b.label == LABELS[max(range(len(LABELS)), key=b.probs.__getitem__)]
 
 
+@pytest.mark.parametrize("prompts", [PROMPTS, LONG], ids=["short", "shared-prefix"])
 @pytest.mark.parametrize("kind", ["plain", "lora"])
-def test_probabilities_equal_a_full_scoring_of_each_label(kind):
+def test_probabilities_equal_a_full_scoring_of_each_label(kind, prompts):
     model = MODELS[kind]
-    got = choose_labels(model, TOK, PROMPTS[:3], LABELS, batch_size=3)
-    for choice, messages in zip(got, PROMPTS[:3]):
+    got = choose_labels(model, TOK, prompts[:3], LABELS, batch_size=3)
+    for choice, messages in zip(got, prompts[:3]):
         assert choice.probs == pytest.approx(brute_force(model, TOK, messages, LABELS).tolist(), abs=1e-4)
 
 

@@ -57,6 +57,36 @@ def test_batched_equals_one_by_one(model, tokenizer, prompts, singles, batch_siz
     assert len(set(singles)) > 1  # replies differ, so a reordering would be caught
 
 
+LONG_SYSTEM = "You answer questions about movies, food and travel for a review site. " * 4
+
+
+@pytest.mark.parametrize("peft_wrapped", [False, True])
+def test_a_shared_prompt_is_computed_once_with_the_same_replies(model, tokenizer, peft_wrapped):
+    from tunesmith import generation
+    prompts = [chat(q, LONG_SYSTEM) for q in QUESTIONS]
+    target = model
+    if peft_wrapped:       # merged-for-inference callers and the server pass peft wrappers
+        peft = pytest.importorskip("peft")
+        target = peft.get_peft_model(make_model(tokenizer, seed=0), peft.LoraConfig(
+            r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    alone = [generate(target, tokenizer, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
+    rows = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    assert generation.common_prefix(rows) > generation.SHARED_PREFIX_MIN
+    widths = []
+    core = target.get_base_model() if peft_wrapped else target
+    hook = core.model.register_forward_pre_hook(
+        lambda _m, a, kw: widths.append(tuple((kw.get("input_ids") if kw.get("input_ids") is not None
+                                               else kw["inputs_embeds"]).shape[:2])), with_kwargs=True)
+    try:
+        batched = generate(target, tokenizer, prompts, max_new_tokens=12, batch_size=4)
+    finally:
+        hook.remove()
+    assert batched == alone and len(set(alone)) > 1
+    start = generation.common_prefix(rows) - 1
+    assert (1, start) in widths                    # the shared prompt ran once per batch, as one row
+    assert max(w[1] for w in widths if w[0] > 1) < max(len(r) for r in rows) - start + 1
+
+
 def test_order_preserved_under_permutation(model, tokenizer, prompts, singles):
     perm = [3, 0, 6, 2, 5, 1, 4]
     out = generate(model, tokenizer, [prompts[i] for i in perm], max_new_tokens=12, batch_size=3)

@@ -1,7 +1,7 @@
 """Label-safe decoding: the reply is one of a fixed set of label strings, chosen by the model's own probabilities.
 
 Every label is scored as the complete reply (its tokens, then the end-of-turn token) after the rendered prompt:
-the prompt is run once per batch, its KV cache is repeated for the labels, and the labels' tokens are scored in one
+the prompt is run once per batch (a prefix all its prompts share, once), its KV cache is repeated for the labels, and the labels' tokens are scored in one
 more forward pass. The answer is the most probable label, so it is always valid; the probabilities, normalised over
 the label set, sum to 1 and feed calibration and top-2 confusions. This is exactly what a token trie over the
 tokenised labels with renormalisation at each branch computes, without a step per trie node.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .generation import eos_token_ids, inference, model_device, pad_token_id, render_prompt
+from .generation import eos_token_ids, inference, model_device, pad_token_id, render_prompt, shared_prefix_batch
 
 MAX_LABELS = 256      # beyond this a label set is not a "small set": decode freely
 
@@ -62,19 +62,26 @@ def _score_batch(model, tokenizer, texts: list[str], seqs: list[list[int]], devi
     for j, s in enumerate(seqs):
         lab[j, :len(s)] = torch.tensor(s)
         lab_mask[j, :len(s)] = 1
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    virtual = _uses_virtual_tokens(model)
+    if virtual:
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        ids, mask, cache = enc["input_ids"].to(device), enc["attention_mask"].to(device), None
+    else:       # a prompt prefix every row shares (the system prompt) runs once
+        ids, mask, cache = shared_prefix_batch(model, rows, pad, device)
     b = ids.shape[0]
     lab, lab_mask = lab.to(device).repeat(b, 1), lab_mask.to(device).repeat(b, 1)      # (b * labels, width)
     full_mask = torch.cat([mask.repeat_interleave(n_labels, 0), lab_mask], dim=1)
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    if _uses_virtual_tokens(model):
+    if virtual:
         # no reusable prompt cache: prompt + label in one pass (labels x the prompt work; fine for small sets)
         out = model(input_ids=torch.cat([ids.repeat_interleave(n_labels, 0), lab], dim=1), attention_mask=full_mask)
         logits = out.logits[:, -(width + 1):-1]      # (virtual tokens, if any, come first)
     else:
-        first = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                      use_cache=True)
+        start = cache.get_seq_length() if cache is not None else 0
+        first = model(input_ids=ids[:, start:], attention_mask=mask, past_key_values=cache,
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, start:], use_cache=True,
+                      logits_to_keep=1)       # only the last position's logits: the first label token
         cache = first.past_key_values
         cache.batch_repeat_interleave(n_labels)
         rest = model(input_ids=lab[:, :-1], attention_mask=full_mask[:, :-1], past_key_values=cache,

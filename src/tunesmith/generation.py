@@ -82,12 +82,50 @@ def render_prompt(tokenizer, messages: Sequence[dict]) -> str:
     return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
 
 
+SHARED_PREFIX_MIN = 32      # tokens a batch's prompts must share before their prefix is computed once
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every row starts with."""
+    shortest = min(len(r) for r in rows)
+    for i in range(shortest):
+        tok = rows[0][i]
+        if any(r[i] != tok for r in rows):
+            return i
+    return shortest
+
+
+def shared_prefix_batch(model, rows: Sequence[Sequence[int]], pad: int, device):
+    """``(input_ids, attention_mask, cache)`` for generating from token ``rows``.
+
+    When the rows share a long prefix (a system prompt, few-shot examples), it is computed once and its
+    keys/values repeated for every row; the padding then sits between the prefix and each row's own
+    part (the positions come from the mask, so every row sees the positions it would see alone).
+    Otherwise the rows are left-padded and ``cache`` is None.
+    """
+    width = max(len(r) for r in rows)
+    start = common_prefix(rows) - 1 if len(rows) > 1 else 0      # each row keeps at least one own token
+    cfg = getattr(model, "active_peft_config", None)
+    cache = None
+    if start >= SHARED_PREFIX_MIN and not getattr(cfg, "is_prompt_learning", False):
+        cache = model(input_ids=torch.tensor([list(rows[0][:start])], device=device), use_cache=True).past_key_values
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):      # left padding, nothing shared
+        ids = [[pad] * (width - len(r)) + list(r) for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        return torch.tensor(ids, device=device), torch.tensor(mask, device=device), None
+    cache.batch_repeat_interleave(len(rows))
+    ids = [list(r[:start]) + [pad] * (width - len(r)) + list(r[start:]) for r in rows]
+    mask = [[1] * start + [0] * (width - len(r)) + [1] * (len(r) - start) for r in rows]
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device), cache
+
+
 def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], max_new_tokens: int,
              batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[str]:
     """Greedy replies to chat ``prompts`` (lists of ``{"role", "content"}``), in input order.
 
     Prompts are rendered with the chat template, sorted by token length so each batch pads
-    little, left-padded and decoded with the KV cache. Only the new tokens are decoded (special
+    little, and decoded with the KV cache; a prefix every prompt of a batch shares is computed once
+    (:func:`shared_prefix_batch`), otherwise the batch is left-padded. Only the new tokens are decoded (special
     tokens skipped, whitespace stripped). ``progress(n_done)`` is called after each batch.
     Works for plain transformers causal LMs and peft ``PeftModel`` wrappers.
     """
@@ -103,11 +141,9 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], max_new_tokens
     with inference(model, tokenizer), torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], add_special_tokens=False, padding=True,
-                              return_tensors="pt")
-            input_ids = batch["input_ids"].to(device)
-            out = model.generate(input_ids=input_ids,
-                                 attention_mask=batch["attention_mask"].to(device),
+            rows = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in idx]
+            input_ids, mask, cache = shared_prefix_batch(model, rows, pad, device)
+            out = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
                                  do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
                                  pad_token_id=pad, eos_token_id=eos)
             new_tokens = out[:, input_ids.shape[1]:].tolist()
