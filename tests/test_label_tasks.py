@@ -42,3 +42,16 @@ def test_accuracy_without_any_label_set_is_refused_before_a_run_folder(recipe_fi
     with pytest.raises(TunesmithError, match="label set"):
         pipeline.prepare(recipe)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_tuned_model_stops_after_its_answer(finished_run):
+    """The end-of-turn token is trained with every answer: the tuned model's replies are whole labels, not
+    labels followed by more text up to the token limit (eval.max_new_tokens leaves room to run on)."""
+    tuned = json.loads((finished_run.path / "eval" / "tuned.json").read_text())
+    replies = [p["prediction"] for p in tuned["predictions"]]
+    assert replies and sum(r in ("negative", "positive") for r in replies) >= 0.9 * len(replies), replies
+    recipe = (finished_run.path / "recipe.yaml").read_text()
+    assert "max_new_tokens: 4" in recipe
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(finished_run.path / "model")
+    assert max(len(tok(label, add_special_tokens=False)["input_ids"]) for label in ("negative", "positive")) < 4
