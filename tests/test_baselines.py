@@ -167,6 +167,15 @@ def test_replay_mixes_general_text_into_training(recipe_file):
     n_task = session.token_stats["train"]["kept"]
     assert session.token_stats["replay"]["sequences"] == round(n_task * 0.25 / 0.75)
     assert len(session.seqs["train"]) == n_task + session.token_stats["replay"]["sequences"]
+    assert session.token_stats["replay"]["share"] == 0.25 and "recipe" in session.token_stats["replay"]["reason"]
+    # the report says what training did against forgetting, also when it did nothing
+    from tunesmith.eval.report_decision import forgetting_items
+    said = dict(forgetting_items({"forgetting": {"reasons": [], "replay": session.token_stats["replay"]}}))
+    assert said["replay (forgetting.replay)"].startswith("25% general text, ")
+    off = pipeline.Session(pipeline.prepare(path, ["forgetting.replay=0"])).token_stats["replay"]
+    assert off["share"] == 0 and off["sequences"] == 0
+    said = dict(forgetting_items({"forgetting": {"reasons": [], "replay": off}}))
+    assert said["replay (forgetting.replay)"].startswith("none (")
     dpo_run = pipeline.prepare(path, ["objective.name=dpo"])
     with pytest.raises(TunesmithError, match="objective sft"):
         pipeline.Session(dpo_run)

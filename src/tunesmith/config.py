@@ -242,8 +242,9 @@ class ForgettingConfig(_Strict):
     max_prompts: int = Field(16, ge=1, le=10**6, description="General prompts answered before and after.")
     threshold: float = Field(0.10, gt=0, le=1000, description="Flag forgetting when general perplexity rises "
                                                               "by more than this fraction.")
-    replay: float = Field(0.0, ge=0, lt=1, description="Share of training sequences replaced by general text "
-                                                       "(replay) to reduce forgetting.")
+    replay: float = Field(0.0, ge=0, lt=1, description="Share of the training sequences that are general text "
+                                                       "(replay), to hold forgetting; off by default (measured "
+                                                       "cost and gain: README, Forgetting).")
 
 
 class SearchDim(_Strict):

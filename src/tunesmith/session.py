@@ -38,11 +38,11 @@ class Session:
         self.base_model, self.tokenizer = models.load(r.model.name, device=self.device,
                                                       trust_remote_code=r.model.trust_remote_code)
         self.seqs, self.token_stats = self.objective.build(self.splits, self.tokenizer, r)
-        from .eval.forgetting import replay_sequences
-        replay = replay_sequences(r, self.tokenizer, len(self.seqs["train"]))
-        if replay:
-            self.seqs["train"] = self.seqs["train"] + replay
-            self.token_stats["replay"] = {"sequences": len(replay), "tokens": sum(t.length for t in replay)}
+        from .eval.forgetting import replay_plan, replay_sequences
+        plan = replay_plan(r, self.objective.trains_on_text)
+        replay = replay_sequences(r, self.tokenizer, len(self.seqs["train"]), plan["share"])
+        self.seqs["train"] = self.seqs["train"] + replay
+        self.token_stats["replay"] = {**plan, "sequences": len(replay), "tokens": sum(t.length for t in replay)}
         if not self.seqs["train"]:
             raise TunesmithError("no training example has trainable tokens within data.max_length",
                                  field="data.max_length")

@@ -302,7 +302,7 @@ def recommend(table: dict, forgetting: dict | None = None) -> dict | None:
         decision, verdict, choice = "fine-tune", "fine-tune", "tuned"
         text = (f"Fine-tuning is worth it: {gap_text(key, gain, True)} over {label(best)} "
                 f"(95% CI {interval_text(key, ci)} on {n} held-out items)."
-                + (" Watch forgetting: consider forgetting.replay." if forgot else ""))
+                + (f" Watch forgetting: {_replay_advice(forgetting)}." if forgot else ""))
         plus_rag = _delta(table, "tuned", "tuned_rag", key)
         if plus_rag and plus_rag["ci"][0] > 0 and not (rows.get("tuned_rag") or {}).get("collapsed"):
             verdict, choice = "fine-tune + RAG", "tuned_rag"
@@ -323,3 +323,12 @@ def recommend(table: dict, forgetting: dict | None = None) -> dict | None:
             "gain_over_best_alternative": gain, "interval": ci, "best_alternative": best, "text": text,
             "facts": facts, "flags": table.get("flags", []), "collapsed": bool(t_row.get("collapsed")),
             "forgetting_flagged": forgot}
+
+
+def _replay_advice(forgetting: dict) -> str:
+    """What to change when forgetting was flagged, given the replay share the run used."""
+    share = (forgetting.get("replay") or {}).get("share") or 0
+    if share:
+        return (f"this run replayed {share:.0%} general text; a larger forgetting.replay, a lower train.lr or "
+                "fewer steps forget less")
+    return "forgetting.replay (e.g. 0.2) mixes general text into training to hold it"

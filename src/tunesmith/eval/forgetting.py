@@ -151,10 +151,18 @@ def compare(before: dict | None, after: dict | None, threshold: float, labels: l
     return out
 
 
-def replay_sequences(recipe: Recipe, tokenizer, n_train: int) -> list[Tokenized]:
-    """General-text sequences to mix into training so that ``forgetting.replay`` of the mix is replay
-    (the caller checks that the objective trains on plain text)."""
-    share = recipe.forgetting.replay
+def replay_plan(recipe: Recipe, trains_on_text: bool) -> dict:
+    """What ``forgetting.replay`` does for this run, for ``train.json`` and the report: ``{"share", "reason"}``
+    (the caller refuses a share for an objective that cannot train on plain text)."""
+    share = float(recipe.forgetting.replay)
+    if not share:
+        return {"share": 0.0, "reason": "forgetting.replay is 0 (the default)"}
+    return {"share": share, "reason": "forgetting.replay in the recipe"}
+
+
+def replay_sequences(recipe: Recipe, tokenizer, n_train: int, share: float) -> list[Tokenized]:
+    """General-text sequences to mix into ``n_train`` training sequences so that ``share`` of the mix is
+    replay (the caller checks that the objective trains on plain text)."""
     if not share:
         return []
     _, docs = general_documents(recipe)

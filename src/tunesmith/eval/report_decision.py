@@ -129,6 +129,10 @@ def forgetting_items(results: dict) -> list[tuple[str, str]]:
     if "prompts" in f:
         items += [("general prompts whose answer changed", f"{f['answers_changed']} of {f['prompts']}"),
                   ("answer similarity before/after (ROUGE-L)", f"{f['answer_similarity']:.1f}")]
+    if rep := f.get("replay"):
+        items.append(("replay (forgetting.replay)",
+                      f"{rep['share']:.0%} general text, {rep['sequences']} sequences ({rep['reason']})"
+                      if rep.get("sequences") else f"none ({rep.get('reason', 'set to 0')})"))
     items.append(("verdict", "FORGETTING FLAGGED: " + "; ".join(f["reasons"]) if f.get("flagged")
                   else "no forgetting beyond the threshold"))
     return items

@@ -304,6 +304,7 @@ def _decide(session: Session, base_result, tuned_result, tuned_model) -> dict:
     if before is not None:
         after = measure_general(session, tuned_model, "general (tuned)")
         forgot = forgetting.compare(before, after, r.forgetting.threshold, session.labels)
+        forgot["replay"] = session.token_stats.get("replay")     # what training did against forgetting
         atomic_write_json(run.eval_dir / "forgetting.json", {"before": before, "after": after,
                                                              "comparison": forgot})
     exs, _ = session.eval_examples()
