@@ -114,6 +114,12 @@ def advised_overrides(advice: dict, recipe_path: Path) -> list[str] | None:
 
 # --- reading the runs --------------------------------------------------------------------------------
 
+def finished_run(runs: Path, name: str) -> Path | None:
+    """The newest run ``name-NNN`` under ``runs`` whose evaluation finished (its report data written)."""
+    done = [p for p in sorted(runs.glob(f"{name}-[0-9][0-9][0-9]")) if (p / "eval" / "report_data.json").is_file()]
+    return done[-1] if done else None
+
+
 def _load(path: Path):
     try:
         return json.loads(path.read_text())
@@ -277,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder for data and runs (default: a new temporary folder)")
     ap.add_argument("--out", default="bench-quality.json")
     ap.add_argument("--markdown", default="bench-quality.md")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse a finished defaults run of a task found under --work (continues an interrupted bench)")
     args = ap.parse_args(argv)
     from tunesmith.config import parse_duration
     budget_s = parse_duration(args.budget)
@@ -299,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
         recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         print(f"[{name}] data: {folder}; defaults", file=sys.stderr, flush=True)
-        systems = {"defaults": _child(RUN_CODE, [str(recipe_path)], log, timeout)}
+        done = finished_run(folder / "runs", f"q-{name}") if args.reuse else None
+        systems = {"defaults": {"run": str(done), "reused": True} if done else
+                   _child(RUN_CODE, [str(recipe_path)], log, timeout)}
         if "advised" in wanted:
             print(f"[{name}] advise", file=sys.stderr, flush=True)
             advice = _child(ADVISE_CODE, [str(recipe_path)], log, timeout)

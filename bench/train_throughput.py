@@ -420,6 +420,7 @@ def _child_cmd(args, name: str, result_path: str) -> list[str]:
         cmd += ["--threads", str(args.threads)]
     if args.tunesmith_packing:
         cmd += ["--tunesmith-packing"]
+    cmd += ["--tunesmith-precision", args.tunesmith_precision]
     return cmd
 
 
