@@ -32,6 +32,19 @@ def test_advise_measures_baselines_and_recommends(recipe_file, capsys):
     assert out["majority"]["answer"] in ("negative", "positive") and 0 <= out["majority"]["score"] <= 1
     saved = json.loads(open(out["path"]).read())
     assert saved["baselines"]["rag"]["score"] == out["baselines"]["rag"]["score"]
+    assert out["budget"] is None                     # no train.time_budget in the recipe
+
+
+def test_advise_says_what_a_time_budget_covers(recipe_file):
+    out = advise(recipe_file(train={"time_budget": "1s", "epochs": 3}), sample=4)
+    b = out["budget"]
+    assert b["budget_s"] == 1 and 0 <= b["examples_in_budget"] <= 3 * b["train_examples"]
+    # the same probe speed as the whole-recipe estimate: budget / (time for 3 epochs) = epochs covered / 3
+    assert b["fraction_of_epoch"] == pytest.approx(3 * 1 / out["estimated_training_s"], rel=0.02, abs=1 / b[
+        "train_examples"])
+    assert "time_budget 1s covers about" in b["text"]
+    short = any("under half the training data" in r for r in out["recommendation"]["reasons"])
+    assert short is (b["fraction_of_epoch"] < 0.5)
 
 
 def test_advise_cli_prints_the_numbers(recipe_file, capsys):

@@ -193,6 +193,7 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
     n_train = len(splits["train"])
     train_tokens = sum(len(s.input_ids) for s in seqs) * recipe.train.epochs
     estimate = train_tokens / probe["tokens_per_s"] if probe and probe["tokens_per_s"] else None
+    budget = budget_coverage(recipe, seqs, probe)
     out = {
         "recipe": recipe.name, "model": recipe.model.name, "parameters": params, "metric": key,
         "sample": len(tests), "counts": manifest["counts"],
@@ -201,10 +202,13 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
                           "latency_s": v["generation"]["per_example_s"]} for k, v in results.items()},
         "majority": majority,
         "machine": {"memory_bytes": memory, "cpus": os.cpu_count()},
-        "training_probe": probe, "estimated_training_s": estimate,
+        "training_probe": probe, "estimated_training_s": estimate, "budget": budget,
     }
     rec = recommendation(scores, key, choose_method(n_train, params, memory, probe), sample=len(tests),
                          intervals=intervals, majority=majority)
+    if budget and budget["fraction_of_epoch"] < 0.5:
+        rec["reasons"].append(budget["text"] + ": the model sees under half the training data once; a longer "
+                              "budget (or fewer, shorter examples) is likely to score higher")
     # the fine-tune/method fields are views of the one recommendation, so they cannot disagree
     out["recommendation"] = rec
     out["verdict"] = {"fine_tune": rec["fine_tune"], "best_baseline": rec["best_baseline"], "text": rec["text"]}
@@ -214,6 +218,22 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
     out["path"] = str(folder / "advise.json")
     console.print(f"advice saved to {out['path']}")
     return out
+
+
+def budget_coverage(recipe: Recipe, seqs: list, probe: dict | None) -> dict | None:
+    """With ``train.time_budget``: about how many training examples the budget covers at the probe's speed
+    (a rough figure: the probe times a few steps, the run's own plan times its first steps)."""
+    from .config import parse_duration
+    if not (recipe.train.time_budget and seqs and probe and probe.get("tokens_per_s")):
+        return None
+    budget_s = parse_duration(recipe.train.time_budget)
+    per_example = sum(len(s.input_ids) for s in seqs) / len(seqs)
+    fits = int(budget_s * probe["tokens_per_s"] / per_example)
+    covered = min(fits, int(len(seqs) * recipe.train.epochs))
+    return {"budget_s": budget_s, "examples_in_budget": covered, "train_examples": len(seqs),
+            "fraction_of_epoch": fits / len(seqs),
+            "text": f"train.time_budget {recipe.train.time_budget} covers about {covered:,} training examples "
+                    f"({min(fits / len(seqs), recipe.train.epochs):.0%} of an epoch over {len(seqs):,})"}
 
 
 def objective_seqs(recipe: Recipe, splits: dict, tokenizer):
@@ -245,6 +265,8 @@ def print_advice(out: dict, console) -> None:
         console.print(f"training: {probe['tokens_per_s']:.0f} tokens/s measured with {out['counts']['train']:,} "
                       f"examples -> about {out['estimated_training_s'] / 60:.1f} min for the recipe's epochs; "
                       f"peak memory {probe['peak_rss_bytes'] / 2**30:.1f} GiB")
+    if out.get("budget"):
+        console.print(out["budget"]["text"])
     rec = out["recommendation"]
     console.print(f"[bold]recommendation:[/bold] {rec['text']}")
     console.print(f"  fine-tune? {'yes' if rec['fine_tune'] else 'no'} · method: "
