@@ -64,14 +64,20 @@ def _child(code: str, args: list[str], log: Path, timeout: float) -> dict:
         fh.write(f"\n==== {datetime.now(timezone.utc).isoformat()} {' '.join(args)}\n")
         fh.flush()
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=fh,
-                              text=True, timeout=timeout, cwd=HERE.parent)
+        try:
+            proc = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=fh,
+                                  text=True, timeout=timeout, cwd=HERE.parent)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f}s; see {log}", "wall_s": time.perf_counter() - t0}
     fh_out = proc.stdout.strip().splitlines()
     with open(log, "a") as fh:
         fh.write("\n".join(fh_out) + "\n")
     if proc.returncode != 0 or not fh_out:
         return {"error": f"exit {proc.returncode}; see {log}", "wall_s": time.perf_counter() - t0}
-    out = json.loads(fh_out[-1])
+    try:
+        out = json.loads(fh_out[-1])
+    except ValueError:
+        return {"error": f"no result line; see {log}", "wall_s": time.perf_counter() - t0}
     out["wall_s"] = time.perf_counter() - t0
     return out
 
@@ -114,10 +120,22 @@ def advised_overrides(advice: dict, recipe_path: Path) -> list[str] | None:
 
 # --- reading the runs --------------------------------------------------------------------------------
 
-def finished_run(runs: Path, name: str) -> Path | None:
-    """The newest run ``name-NNN`` under ``runs`` whose evaluation finished (its report data written)."""
-    done = [p for p in sorted(runs.glob(f"{name}-[0-9][0-9][0-9]")) if (p / "eval" / "report_data.json").is_file()]
-    return done[-1] if done else None
+def finished_run(runs: Path, name: str, recipe: dict) -> Path | None:
+    """The newest run ``name-NNN`` under ``runs`` whose evaluation finished (its report data written) and
+    whose recipe is ``recipe`` (same data files, budget and test size; the run's saved recipe has every default
+    filled in, so the keys ``recipe`` sets are compared)."""
+    import yaml
+
+    def same(given, saved) -> bool:
+        if isinstance(given, dict):
+            return isinstance(saved, dict) and all(same(v, saved.get(k)) for k, v in given.items())
+        return given == saved
+
+    for run in sorted(runs.glob(f"{name}-[0-9][0-9][0-9]"), reverse=True):
+        if (run / "eval" / "report_data.json").is_file() and \
+                same(recipe, yaml.safe_load((run / "recipe.yaml").read_text()) or {}):
+            return run
+    return None
 
 
 def _load(path: Path):
@@ -168,6 +186,8 @@ def run_facts(run: Path) -> dict:
 def score_systems(preds: dict[str, list[dict]], key: str, labels: list[str] | None) -> dict:
     """Metric with 95% interval per system, and each system minus tunesmith's defaults (paired)."""
     from tunesmith.eval import metrics, stats
+    if not preds:
+        return {"n": 0, "metric": key, "systems": {}}
     n = min(len(p) for p in preds.values())
     weights = stats.resample_weights(n)
     refs = [str(p["reference"]) for p in preds["tuned"][:n]] if "tuned" in preds else None
@@ -307,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
         recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         print(f"[{name}] data: {folder}; defaults", file=sys.stderr, flush=True)
-        done = finished_run(folder / "runs", f"q-{name}") if args.reuse else None
+        done = finished_run(folder / "runs", f"q-{name}", recipe) if args.reuse else None
         systems = {"defaults": {"run": str(done), "reused": True} if done else
                    _child(RUN_CODE, [str(recipe_path)], log, timeout)}
         if "advised" in wanted:

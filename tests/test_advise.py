@@ -38,13 +38,17 @@ def test_advise_measures_baselines_and_recommends(recipe_file, capsys):
 def test_advise_says_what_a_time_budget_covers(recipe_file):
     out = advise(recipe_file(train={"time_budget": "1s", "epochs": 3}), sample=4)
     b = out["budget"]
-    assert b["budget_s"] == 1 and 0 <= b["examples_in_budget"] <= 3 * b["train_examples"]
+    assert b["budget_s"] == 1 and 0 <= b["sequences_in_budget"] <= 3 * b["train_sequences"]
     # the same probe speed as the whole-recipe estimate: budget / (time for 3 epochs) = epochs covered / 3
-    assert b["fraction_of_epoch"] == pytest.approx(3 * 1 / out["estimated_training_s"], rel=0.02, abs=1 / b[
-        "train_examples"])
+    expected = min(3 * 1 / out["estimated_training_s"], 3)
+    assert b["fraction_of_epoch"] == pytest.approx(expected, rel=0.02, abs=1 / b["train_sequences"])
     assert "time_budget 1s covers about" in b["text"]
     short = any("under half the training data" in r for r in out["recommendation"]["reasons"])
-    assert short is (b["fraction_of_epoch"] < 0.5)
+    assert short is (out["recommendation"]["fine_tune"] and b["fraction_of_epoch"] < 0.5)
+    # a budget longer than the recipe's steps covers what max_steps allows, no more
+    capped = advise(recipe_file(train={"time_budget": "10h", "epochs": 3, "max_steps": 2, "batch_size": 4}),
+                    sample=4)["budget"]
+    assert capped["sequences_in_budget"] == 2 * 4 and capped["fraction_of_epoch"] == 8 / capped["train_sequences"]
 
 
 def test_advise_cli_prints_the_numbers(recipe_file, capsys):

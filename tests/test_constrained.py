@@ -42,6 +42,12 @@ def models():
 TOK, MODELS = models()
 
 
+def test_the_long_prompts_take_the_shared_prefix_path_and_the_short_ones_do_not():
+    from tunesmith.generation import SHARED_PREFIX_MIN, common_prefix
+    rows = lambda prompts: [TOK(render_prompt(TOK, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    assert common_prefix(rows(LONG)) - 1 >= SHARED_PREFIX_MIN > common_prefix(rows(PROMPTS)) - 1
+
+
 @pytest.mark.parametrize("prompts", [PROMPTS, LONG], ids=["short", "shared-prefix"])
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_only_labels_batched_equals_single_and_probabilities_sum_to_one(kind, prompts):

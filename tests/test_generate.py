@@ -87,6 +87,24 @@ def test_a_shared_prompt_is_computed_once_with_the_same_replies(model, tokenizer
     assert max(w[1] for w in widths if w[0] > 1) < max(len(r) for r in rows) - start + 1
 
 
+def test_a_model_with_its_own_cache_implementation_generates_without_the_shared_prefix(tokenizer):
+    """generate() refuses a ready cache beside a configured cache implementation: such a model left-pads."""
+    from tunesmith import generation
+    target = make_model(tokenizer, seed=0)
+    prompts = [chat(q, LONG_SYSTEM) for q in QUESTIONS]
+    alone = [generate(target, tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    target.generation_config.cache_implementation = "static"
+    calls = []
+    real = generation.shared_prefix_batch
+    try:
+        generation.shared_prefix_batch = lambda *a, **kw: calls.append(kw.get("share")) or real(*a, **kw)
+        batched = generate(target, tokenizer, prompts, max_new_tokens=6, batch_size=4)
+    finally:
+        generation.shared_prefix_batch = real
+    assert calls and all(c is False for c in calls)
+    assert batched == alone
+
+
 def test_order_preserved_under_permutation(model, tokenizer, prompts, singles):
     perm = [3, 0, 6, 2, 5, 1, 4]
     out = generate(model, tokenizer, [prompts[i] for i in perm], max_new_tokens=12, batch_size=3)

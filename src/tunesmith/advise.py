@@ -206,7 +206,7 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
     }
     rec = recommendation(scores, key, choose_method(n_train, params, memory, probe), sample=len(tests),
                          intervals=intervals, majority=majority)
-    if budget and budget["fraction_of_epoch"] < 0.5:
+    if budget and rec["fine_tune"] and budget["fraction_of_epoch"] < 0.5:
         rec["reasons"].append(budget["text"] + ": the model sees under half the training data once; a longer "
                               "budget (or fewer, shorter examples) is likely to score higher")
     # the fine-tune/method fields are views of the one recommendation, so they cannot disagree
@@ -221,19 +221,24 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
 
 
 def budget_coverage(recipe: Recipe, seqs: list, probe: dict | None) -> dict | None:
-    """With ``train.time_budget``: about how many training examples the budget covers at the probe's speed
-    (a rough figure: the probe times a few steps, the run's own plan times its first steps)."""
+    """With ``train.time_budget``: about how many training sequences the budget covers at the probe's speed,
+    within ``train.epochs`` and ``train.max_steps`` (a rough figure: the probe times a few forward/backward
+    steps; the run's own plan times its first steps and also counts validation and checkpoints)."""
     from .config import parse_duration
-    if not (recipe.train.time_budget and seqs and probe and probe.get("tokens_per_s")):
+    t = recipe.train
+    if not (t.time_budget and seqs and probe and probe.get("tokens_per_s")):
         return None
-    budget_s = parse_duration(recipe.train.time_budget)
-    per_example = sum(len(s.input_ids) for s in seqs) / len(seqs)
-    fits = int(budget_s * probe["tokens_per_s"] / per_example)
-    covered = min(fits, int(len(seqs) * recipe.train.epochs))
-    return {"budget_s": budget_s, "examples_in_budget": covered, "train_examples": len(seqs),
-            "fraction_of_epoch": fits / len(seqs),
-            "text": f"train.time_budget {recipe.train.time_budget} covers about {covered:,} training examples "
-                    f"({min(fits / len(seqs), recipe.train.epochs):.0%} of an epoch over {len(seqs):,})"}
+    budget_s = parse_duration(t.time_budget)
+    per_seq = sum(len(s.input_ids) for s in seqs) / len(seqs)
+    limit = len(seqs) * t.epochs
+    if t.max_steps:
+        limit = min(limit, t.max_steps * t.batch_size * t.grad_accum)
+    covered = int(min(budget_s * probe["tokens_per_s"] / per_seq, limit))
+    what = "packed sequences" if recipe.data.packing else "training examples"
+    return {"budget_s": budget_s, "sequences_in_budget": covered, "train_sequences": len(seqs),
+            "fraction_of_epoch": covered / len(seqs),
+            "text": f"train.time_budget {t.time_budget} covers about {covered:,} {what} "
+                    f"({covered / len(seqs):.0%} of an epoch over {len(seqs):,})"}
 
 
 def objective_seqs(recipe: Recipe, splits: dict, tokenizer):

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .generation import eos_token_ids, inference, model_device, pad_token_id, render_prompt, shared_prefix_batch
+from .generation import (eos_token_ids, inference, last_logits_only, model_device, pad_token_id, render_prompt,
+                         shared_prefix_batch)
 
 MAX_LABELS = 256      # beyond this a label set is not a "small set": decode freely
 
@@ -81,7 +82,7 @@ def _score_batch(model, tokenizer, texts: list[str], seqs: list[list[int]], devi
         start = cache.get_seq_length() if cache is not None else 0
         first = model(input_ids=ids[:, start:], attention_mask=mask, past_key_values=cache,
                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, start:], use_cache=True,
-                      logits_to_keep=1)       # only the last position's logits: the first label token
+                      **last_logits_only(model))       # only the last position's logits: the first label token
         cache = first.past_key_values
         cache.batch_repeat_interleave(n_labels)
         rest = model(input_ids=lab[:, :-1], attention_mask=full_mask[:, :-1], past_key_values=cache,

@@ -2,6 +2,7 @@
 the inference context, batched greedy decoding (left padding, KV cache) and streamed chat replies."""
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,7 +83,22 @@ def render_prompt(tokenizer, messages: Sequence[dict]) -> str:
     return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
 
 
-SHARED_PREFIX_MIN = 32      # tokens a batch's prompts must share before their prefix is computed once
+SHARED_PREFIX_MIN = 32      # tokens a batch's prompts (or training rows) must share before their prefix runs once
+
+
+def accepts(model, name: str) -> bool:
+    """Whether ``model``'s forward (the base model's, under a peft wrapper) can take keyword ``name``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def last_logits_only(model) -> dict:
+    """Forward keywords that keep only the last position's logits, where the model supports it."""
+    return {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -95,20 +111,21 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return shortest
 
 
-def shared_prefix_batch(model, rows: Sequence[Sequence[int]], pad: int, device):
+def shared_prefix_batch(model, rows: Sequence[Sequence[int]], pad: int, device, share: bool = True):
     """``(input_ids, attention_mask, cache)`` for generating from token ``rows``.
 
     When the rows share a long prefix (a system prompt, few-shot examples), it is computed once and its
     keys/values repeated for every row; the padding then sits between the prefix and each row's own
     part (the positions come from the mask, so every row sees the positions it would see alone).
-    Otherwise the rows are left-padded and ``cache`` is None.
+    Otherwise (or with ``share`` false) the rows are left-padded and ``cache`` is None.
     """
     width = max(len(r) for r in rows)
     start = common_prefix(rows) - 1 if len(rows) > 1 else 0      # each row keeps at least one own token
     cfg = getattr(model, "active_peft_config", None)
     cache = None
-    if start >= SHARED_PREFIX_MIN and not getattr(cfg, "is_prompt_learning", False):
-        cache = model(input_ids=torch.tensor([list(rows[0][:start])], device=device), use_cache=True).past_key_values
+    if share and start >= SHARED_PREFIX_MIN and not getattr(cfg, "is_prompt_learning", False):
+        cache = model(input_ids=torch.tensor([list(rows[0][:start])], device=device), use_cache=True,
+                      **last_logits_only(model)).past_key_values
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):      # left padding, nothing shared
         ids = [[pad] * (width - len(r)) + list(r) for r in rows]
         mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
@@ -137,12 +154,14 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], max_new_tokens
     replies: list[str | None] = [None] * len(texts)
     device = model_device(model)
     eos, pad = eos_token_ids(tokenizer, model), pad_token_id(tokenizer)
+    # generate() refuses a ready cache beside a configured cache implementation (static, hybrid, ...)
+    share = not getattr(getattr(model, "generation_config", None), "cache_implementation", None)
 
     with inference(model, tokenizer), torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             rows = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in idx]
-            input_ids, mask, cache = shared_prefix_batch(model, rows, pad, device)
+            input_ids, mask, cache = shared_prefix_batch(model, rows, pad, device, share=share)
             out = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
                                  do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
                                  pad_token_id=pad, eos_token_id=eos)

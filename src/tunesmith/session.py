@@ -39,7 +39,7 @@ class Session:
                                                       trust_remote_code=r.model.trust_remote_code)
         self.seqs, self.token_stats = self.objective.build(self.splits, self.tokenizer, r)
         from .eval.forgetting import replay_plan, replay_sequences
-        plan = replay_plan(r, self.objective.trains_on_text)
+        plan = replay_plan(r)
         replay = replay_sequences(r, self.tokenizer, len(self.seqs["train"]), plan["share"])
         self.seqs["train"] = self.seqs["train"] + replay
         self.token_stats["replay"] = {**plan, "sequences": len(replay), "tokens": sum(t.length for t in replay)}

@@ -151,12 +151,12 @@ def compare(before: dict | None, after: dict | None, threshold: float, labels: l
     return out
 
 
-def replay_plan(recipe: Recipe, trains_on_text: bool) -> dict:
+def replay_plan(recipe: Recipe) -> dict:
     """What ``forgetting.replay`` does for this run, for ``train.json`` and the report: ``{"share", "reason"}``
     (the caller refuses a share for an objective that cannot train on plain text)."""
     share = float(recipe.forgetting.replay)
     if not share:
-        return {"share": 0.0, "reason": "forgetting.replay is 0 (the default)"}
+        return {"share": 0.0, "reason": "forgetting.replay is 0, the default"}
     return {"share": share, "reason": "forgetting.replay in the recipe"}
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.tokenize import IGNORE, collate, pack, tokenize_all
+from ..generation import SHARED_PREFIX_MIN
 
 
 @dataclass
@@ -27,9 +28,6 @@ def is_prompt_learning(model) -> bool:
     """True for peft prompt/prefix tuning, whose wrapper must run the forward itself."""
     cfg = getattr(model, "active_peft_config", None)
     return bool(getattr(cfg, "is_prompt_learning", False))
-
-
-SHARED_PREFIX_MIN = 32      # tokens: below this the second forward call costs more than it saves
 
 
 def shared_prefix(batch: dict) -> int:
@@ -67,7 +65,9 @@ class SFTObjective:
     Only hidden states at trained positions go through the output projection: with a
     49k-token vocabulary the full logits dominate time and memory, and prompt tokens
     (most of a chat example) have no loss anyway. A prompt that every row of a batch starts
-    with (a long shared system prompt and instruction) runs once per batch, not once per row. Prompt-learning methods (soft prompts,
+    with (a long shared system prompt and instruction) runs once per batch, not once per row: the same loss
+    and gradients without dropout; with dropout (LoRA's default 0.05) the rows share one dropout draw over
+    that prefix instead of one each. Prompt-learning methods (soft prompts,
     prefixes) run through the peft wrapper, which prepends their virtual tokens.
     """
 

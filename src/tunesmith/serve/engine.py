@@ -4,13 +4,13 @@ One request's failure (its seed, logit bias, sampling, stop handling, prefill) e
 only; the batch goes on for the others."""
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence as Seq
 
 import torch
 
+from ..generation import last_logits_only
 from .sampling import (GREEDY_BELOW, Event, GenerationRequest, GenSequence, InvalidParameter, SamplingParams,
                        TokenLogprob)
 from .tokens import TokenText
@@ -124,13 +124,6 @@ def _new_cache(model):
         return DynamicCache()
 
 
-def _accepts(model, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def model_device(model) -> torch.device:
     device = getattr(model, "device", None)
     return device if isinstance(device, torch.device) else next(model.parameters()).device
@@ -186,7 +179,7 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
     """
     device = model_device(model)
     eos = {int(e) for e in eos_ids}
-    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    extra = last_logits_only(model)
     max_rows = max_rows or len(seqs)
     generated = 0
 
