@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from quality_tasks import TASKS, Unavailable  # noqa: E402
+from train_throughput import cpu_model  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 SYSTEM_LABELS = {
@@ -358,22 +359,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(args, work: Path, results: list[dict]) -> dict:
     out = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "budget": args.budget, "model": MODEL,
-           "work": str(work), "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+           "work": str(work), "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                                           "python": platform.python_version()},
            "tasks": results}
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))
     Path(args.markdown).write_text(markdown(out))
     return out
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 if __name__ == "__main__":

@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         peak_bf16 = None
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "cpu": _cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
+               "cpu": cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
                "torch": torch.__version__, "matmul_peak_gflops": round(peak, 1),
                "matmul_peak_bf16_gflops": round(peak_bf16, 1) if peak_bf16 else None,
                "matmul_peak_method": "torch.mm 2048x2048 @ 2048x2048, best of 5 (bf16: best of 3)",
@@ -586,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any("error" in r for r in results.values()) else 0
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
