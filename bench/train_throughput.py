@@ -589,13 +589,10 @@ def main(argv: list[str] | None = None) -> int:
 def cpu_model() -> str | None:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
     except OSError:
-        pass
-    return platform.processor() or None
+        names = []
+    return names[0] if names else platform.processor() or None
 
 
 if __name__ == "__main__":
