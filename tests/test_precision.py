@@ -106,7 +106,8 @@ def test_bf16_loss_curve_tracks_fp32_and_weights_stay_fp32(tokenizer, data, tmp_
         trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
         assert trainable and all(q.dtype == torch.float32 for _, q in trainable)
         assert all(q.grad is None or q.grad.dtype == torch.float32 for _, q in trainable)
-    assert results["bf16"].precision == {"used": "bf16", "requested": "bf16", "reason": "requested"}
+    assert {k: results["bf16"].precision[k] for k in ("used", "requested", "reason")} == \
+        {"used": "bf16", "requested": "bf16", "reason": "requested"}
     assert len(losses["fp32"]) == len(losses["bf16"]) == 10
     assert losses["fp32"] != losses["bf16"]      # the autocast really ran in lower precision
     for a, b in zip(losses["fp32"], losses["bf16"]):
@@ -157,3 +158,55 @@ def test_resume_under_bf16_ends_bit_exactly_like_an_uninterrupted_run(tokenizer,
     assert r_res.steps == 20 and r_res.final_train_loss == r_full.final_train_loss
     a, b = trainable_state(full), trainable_state(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_bf16
+def test_holding_the_frozen_base_in_bf16_computes_the_same_and_restores_it_exactly(tokenizer, data, tmp_path):
+    """autocast rounds a frozen fp32 weight to the same bf16 values in every forward: holding it in bf16 gives
+    the same loss curve, and the fp32 base comes back bit for bit when training ends."""
+    train_seqs, val = data
+    losses, models = {}, {}
+    for mode in ("fp32", "auto"):
+        model = lora_model(tokenizer)
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        seen = []
+
+        def on_step(record, model=model, seen=seen):
+            seen.append({p.dtype for n, p in model.named_parameters()
+                         if not p.requires_grad and "base_layer" in n})
+        r = train(model, train_seqs, val, SFTObjective(), cfg(precision="bf16", max_steps=6, frozen_precision=mode),
+                  tmp_path / mode, pad_id=tokenizer.pad_token_id, on_step=on_step)
+        losses[mode] = [x["loss"] for x in read_jsonl(tmp_path / mode / "metrics.jsonl") if x["type"] == "train"]
+        after = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+        assert after.keys() == before.keys()
+        assert all(after[n].dtype == torch.float32 and torch.equal(after[n], before[n]) for n in before)
+        models[mode] = (r, seen)
+    held, seen = models["auto"]
+    assert held.precision["frozen_base"] == "bf16" and held.precision["frozen_tensors"] == 15   # 7 per layer + the untied head
+    assert seen and all(s == {torch.bfloat16} for s in seen)       # held in bf16 during every step
+    plain, seen_plain = models["fp32"]
+    assert plain.precision["frozen_base"] == "fp32" and all(s == {torch.float32} for s in seen_plain)
+    for a, b in zip(losses["fp32"], losses["auto"]):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6), (losses["fp32"], losses["auto"])
+
+
+def test_the_frozen_base_is_restored_when_training_fails(tokenizer):
+    from tunesmith.train.frozen import held_in
+    model = lora_model(tokenizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    tied = model.get_input_embeddings().weight
+    with pytest.raises(RuntimeError, match="boom"):
+        with held_in(model, torch.bfloat16) as held:
+            assert held.tensors == 15 and tied.dtype == torch.float32   # embeddings stay fp32
+            raise RuntimeError("boom")
+    after = dict(model.named_parameters())
+    assert all(after[n].dtype == torch.float32 and torch.equal(after[n], t) for n, t in before.items())
+
+
+def test_without_temporary_space_the_base_stays_fp32_and_says_why(tokenizer, tmp_path):
+    from tunesmith.train.frozen import held_in
+    model = lora_model(tokenizer)
+    with held_in(model, torch.bfloat16, spill_dir=str(tmp_path / "missing")) as held:
+        assert held.tensors == 0 and held.dtype == "fp32" and "temporary file" in held.note
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert "frozen_note" in held.as_dict()

@@ -192,6 +192,10 @@ class TrainConfig(_Strict):
         "auto", description="Training compute precision: `auto` probes the device once (cached) and uses bf16 "
                             "autocast where it is clearly faster, fp32 elsewhere; fp16 needs a CUDA GPU. "
                             "Trainable weights and optimizer state stay fp32.")
+    frozen_precision: Literal["auto", "fp32"] = Field(
+        "auto", description="`auto`: while training in bf16/fp16, hold the frozen base's linear weights in that "
+                            "precision (less memory, no per-step casts, the same results); their exact fp32 values "
+                            "are restored when training ends. `fp32`: keep them fp32 throughout.")
     time_budget: Duration = Field(
         None, description="Train for about this long (`90s`, `10m`, `1h30m` or seconds): the step count is set "
                           "from the first steps' timing so the LR schedule ends inside it; epochs/max_steps "

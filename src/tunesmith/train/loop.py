@@ -6,7 +6,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +17,7 @@ from ..data.tokenize import batches
 from . import budget as tb
 from . import checkpoint
 from . import distributed as ddp
+from . import frozen
 from . import precision as prec
 from .anchor import anchor_for_run
 from .checkpoint import LoopState
@@ -188,10 +189,16 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     last_loss = None
     steps_this_call = 0
     step_times: list[float] = []     # this call's step durations, for the time budget's plan
-    try:
+    hold = precision.dtype if cfg.frozen_precision == "auto" else torch.float32
+    with frozen.held_in(model, hold) as held, _closing(metrics_file):
         with TrainProgress(total_steps, start=state.step, enabled=ranks.main,
                            description=f"train {precision.used}") as bar:
             bar.note(f"precision {precision.used}: {precision.reason}")
+            if held.note:
+                bar.note(f"frozen base {held.note}")
+            if held.tensors:
+                bar.note(f"frozen base held in {held.dtype} while training: {held.tensors} linear tensors, "
+                         f"{held.elements / 1e6:.1f}M values (exact fp32 weights restored afterwards)")
             if ranks.distributed:
                 bar.note(f"data parallel: {ranks.world} processes, each micro-batch split between them")
             call_t0, elapsed0 = time.perf_counter(), planned.elapsed_s if planned is not None else 0.0
@@ -257,8 +264,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 is_last = state.step == total_steps
                 if val_seqs and (state.step % cfg.eval_every == 0 or is_last):
                     tv = time.perf_counter()
-                    ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
-                                       pad_id=pad_id, device=device)
+                    with precision.autocast() if held.tensors else nullcontext():   # held weights need it
+                        ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
+                                           pad_id=pad_id, device=device)
                     if planned is not None:
                         planned.val_s = time.perf_counter() - tv
                         planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
@@ -295,9 +303,6 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 steps_this_call += 1
                 if stop_after is not None and steps_this_call >= stop_after:
                     break
-    finally:
-        if metrics_file is not None:
-            metrics_file.close()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     finished = state.step >= total_steps or state.early_stopped
@@ -311,7 +316,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                        wall_s=state.wall_s, tokens_per_s=state.tokens / max(state.wall_s, 1e-9),
                        best_step=state.best_step, best_val_loss=state.best_val,
                        early_stopped=state.early_stopped, final_train_loss=last_loss, total_steps=total_steps,
-                       precision=precision.as_dict(), time_budget=planned.report() if planned is not None else None,
+                       precision={**precision.as_dict(), **held.as_dict()}, time_budget=planned.report() if planned is not None else None,
                        anchor=anchor.record() if anchor is not None else None,
                        distributed={"nproc": ranks.world, "backend": ddp.backend(device),
                                     "rank_weight_spread": spread} if ranks.distributed else None)
@@ -357,6 +362,16 @@ def _budget_replan(planned: "tb.PlannedSchedule", state: LoopState, step_times: 
         planned.set_total(state.step)
         bar.progress.update(bar.task, total=planned.total)
     return planned.total
+
+
+@contextmanager
+def _closing(f):
+    """Close ``f`` (or nothing: None) when the block ends."""
+    try:
+        yield f
+    finally:
+        if f is not None:
+            f.close()
 
 
 def _open_for_append(path: Path):
