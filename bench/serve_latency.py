@@ -17,6 +17,17 @@ join of queued requests) and the counts.
 
     .venv/bin/python bench/serve_latency.py /tmp/fresh4/runs/sentiment-001
     .venv/bin/python bench/serve_latency.py RUN_DIR --requests 8 --clients 1,4 --max-tokens 32
+    .venv/bin/python bench/serve_latency.py RUN_DIR --llama-cpp RUN_DIR/export/NAME-f16.gguf \
+        --llama-cpp-python /path/to/venv-with-llama-cpp-python-server/bin/python
+
+With ``--llama-cpp GGUF`` the same workloads then run against llama-cpp-python's own OpenAI-compatible server
+(``python -m llama_cpp.server``, its own process, as many threads as torch uses here) on that file, and the JSON
+gains ``llama_cpp`` and ``tunesmith_vs_llama_cpp_tokens_per_s`` (tunesmith's tokens/s over llama.cpp's, per
+workload and client count, both counted as ``text_tokens``: the replies re-tokenised with the model's tokenizer,
+so that servers counting end-of-turn tokens or streaming several tokens per chunk compare alike). llama.cpp's
+server runs with ``--interrupt_requests False``: by default it cuts a running request short when another
+arrives, which leaves concurrent clients with empty replies. Pass the run's exported f16 GGUF: the merged tuned model, the same weights the
+tunesmith server runs as adapter-on-base.
 """
 from __future__ import annotations
 
@@ -25,9 +36,12 @@ import json
 import os
 import platform
 import re
+import socket
+import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,19 +76,30 @@ def one_request(client, model_id: str, messages: list[dict], max_tokens: int) ->
     text = []
     stream = client.chat.completions.create(model=model_id, messages=messages, max_tokens=max_tokens,
                                             temperature=0, stream=True, stream_options={"include_usage": True})
+    pieces = 0
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             if first is None:
                 first = time.perf_counter()
             text.append(chunk.choices[0].delta.content)
-        if chunk.usage is not None:
+            pieces += 1
+        if getattr(chunk, "usage", None) is not None:
             tokens = chunk.usage.completion_tokens
     end = time.perf_counter()
-    return {"latency": end - t0, "ttft": (first or end) - t0, "tokens": tokens, "text": "".join(text)}
+    # a server that sends no usage in the stream: one streamed piece per token (llama.cpp streams tokens)
+    return {"latency": end - t0, "ttft": (first or end) - t0, "tokens": tokens or pieces,
+            "tokens_counted": "usage" if tokens else "pieces", "text": "".join(text)}
 
 
-def phase(server_url: str, model_id: str, prompts: list[list[dict]], clients: int, max_tokens: int) -> dict:
+def batch_histogram(server_url: str) -> tuple[float, float]:
+    """tunesmith's batch-size histogram; (0, 0) from a server without it (llama.cpp)."""
     import httpx
+    r = httpx.get(server_url + "/metrics")
+    return histogram(r.text, "tunesmith_batch_size") if r.status_code == 200 else (0.0, 0.0)
+
+
+def phase(server_url: str, model_id: str, prompts: list[list[dict]], clients: int, max_tokens: int,
+          count_tokens=None) -> dict:
     import openai
     results: list[dict] = []
     lock = threading.Lock()
@@ -91,7 +116,7 @@ def phase(server_url: str, model_id: str, prompts: list[list[dict]], clients: in
             with lock:
                 results.append(r)
 
-    before = histogram(httpx.get(server_url + "/metrics").text, "tunesmith_batch_size")
+    before = batch_histogram(server_url)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
@@ -99,17 +124,57 @@ def phase(server_url: str, model_id: str, prompts: list[list[dict]], clients: in
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    after = histogram(httpx.get(server_url + "/metrics").text, "tunesmith_batch_size")
+    after = batch_histogram(server_url)
     batches, rows = after[0] - before[0], after[1] - before[1]
     lat = [r["latency"] for r in results]
     ttft = [r["ttft"] for r in results]
     tokens = sum(r["tokens"] for r in results)
+    # the same count on every server: the replies' text re-tokenised (end-of-turn tokens not counted)
+    text_tokens = sum(count_tokens(r["text"]) for r in results) if count_tokens else None
     return {"clients": clients, "requests": len(results), "wall_s": round(wall, 3),
             "latency_p50_s": round(percentile(lat, 0.5), 3), "latency_p95_s": round(percentile(lat, 0.95), 3),
             "ttft_p50_s": round(percentile(ttft, 0.5), 3), "ttft_p95_s": round(percentile(ttft, 0.95), 3),
             "completion_tokens": tokens, "tokens_per_s": round(tokens / wall, 2) if wall else None,
+            "text_tokens": text_tokens,
+            "text_tokens_per_s": round(text_tokens / wall, 2) if wall and text_tokens is not None else None,
+            "empty_replies": sum(1 for r in results if not r["text"]),
             "mean_batch_size": round(rows / batches, 2) if batches else None,
+            "tokens_counted": sorted({r["tokens_counted"] for r in results}),
             "sample_reply": results[0]["text"][:80] if results else None}
+
+
+@contextmanager
+def llama_cpp_server(python: str, gguf: Path, model_id: str, threads: int, n_ctx: int):
+    """llama-cpp-python's OpenAI-compatible server on ``gguf`` in its own process; yields its URL."""
+    import httpx
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_id, "--host", "127.0.0.1",
+           "--port", str(port), "--n_threads", str(threads), "--n_ctx", str(n_ctx),
+           "--interrupt_requests", "False"]    # its default: a new request cuts the running one short
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"llama.cpp server exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("llama.cpp server did not start within 180 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main() -> None:
@@ -123,6 +188,12 @@ def main() -> None:
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--workloads", default="task,open")
     ap.add_argument("--out", default=None, help="Also write the JSON here.")
+    ap.add_argument("--llama-cpp", default=None, metavar="GGUF",
+                    help="Also serve this GGUF (e.g. the run's export/*-f16.gguf: the merged tuned model) with "
+                         "llama-cpp-python's server and run the same workloads against it.")
+    ap.add_argument("--llama-cpp-python", default=sys.executable,
+                    help="Python with llama-cpp-python[server] installed (default: this one).")
+    ap.add_argument("--llama-cpp-ctx", type=int, default=2048)
     args = ap.parse_args()
 
     from tunesmith.models import quiet_transformers
@@ -141,6 +212,12 @@ def main() -> None:
     open_prompts = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
                     for q in OPEN_PROMPTS]
     workloads = {"task": (task_prompts, 8), "open": (open_prompts, args.max_tokens)}
+    from transformers import AutoTokenizer
+    from tunesmith.models import resolve
+    tokenizer = AutoTokenizer.from_pretrained(resolve(base))
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
     clients = [int(c) for c in args.clients.split(",")]
     out = {"run": str(run.path), "model_id": model_id, "base": base, "requests": args.requests,
            "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
@@ -162,8 +239,26 @@ def main() -> None:
         for name in [w for w in args.workloads.split(",") if w]:
             prompts, max_tokens = workloads[name]
             prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
-            out["results"][name] = {str(c): phase(srv.url, model_id, prompts, c, max_tokens) for c in clients}
+            out["results"][name] = {str(c): phase(srv.url, model_id, prompts, c, max_tokens, count_tokens)
+                                    for c in clients}
             out["results"][name]["max_tokens"] = max_tokens
+    if args.llama_cpp:
+        import torch
+        out["llama_cpp"] = {"gguf": args.llama_cpp, "n_threads": torch.get_num_threads(), "results": {}}
+        with llama_cpp_server(args.llama_cpp_python, Path(args.llama_cpp), model_id, torch.get_num_threads(),
+                              args.llama_cpp_ctx) as url:
+            import openai
+            warm = openai.OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
+            one_request(warm, model_id, task_prompts[0], 4)
+            for name in [w for w in args.workloads.split(",") if w]:
+                prompts, max_tokens = workloads[name]
+                prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
+                res = {str(c): phase(url, model_id, prompts, c, max_tokens, count_tokens) for c in clients}
+                out["llama_cpp"]["results"][name] = res
+                for c in clients:
+                    ts, lc = out["results"][name][str(c)]["text_tokens_per_s"], res[str(c)]["text_tokens_per_s"]
+                    out.setdefault("tunesmith_vs_llama_cpp_tokens_per_s", {})[f"{name}@{c}"] = \
+                        round(ts / lc, 3) if ts and lc else None
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
