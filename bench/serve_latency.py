@@ -26,8 +26,8 @@ gains ``llama_cpp`` and ``tunesmith_vs_llama_cpp_tokens_per_s`` (tunesmith's tok
 workload and client count, both counted as ``text_tokens``: the replies re-tokenised with the model's tokenizer,
 so that servers counting end-of-turn tokens or streaming several tokens per chunk compare alike). llama.cpp's
 server runs with ``--interrupt_requests False``: by default it cuts a running request short when another
-arrives, which leaves concurrent clients with empty replies. Pass the run's exported f16 GGUF: the merged tuned model, the same weights the
-tunesmith server runs as adapter-on-base.
+arrives, which leaves concurrent clients with empty replies. Pass the run's exported f16 GGUF: the merged
+tuned model, the same weights the tunesmith server runs as adapter-on-base.
 """
 from __future__ import annotations
 
