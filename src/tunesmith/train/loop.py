@@ -18,6 +18,7 @@ from . import budget as tb
 from . import checkpoint
 from . import distributed as ddp
 from . import frozen
+from .dropout import lean_dropout
 from . import precision as prec
 from .anchor import anchor_for_run
 from .checkpoint import LoopState
@@ -190,7 +191,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     steps_this_call = 0
     step_times: list[float] = []     # this call's step durations, for the time budget's plan
     hold = precision.dtype if cfg.frozen_precision == "auto" else torch.float32
-    with frozen.held_in(model, hold) as held, _closing(metrics_file):
+    with frozen.held_in(model, hold) as held, lean_dropout(model), _closing(metrics_file):
         with TrainProgress(total_steps, start=state.step, enabled=ranks.main,
                            description=f"train {precision.used}") as bar:
             bar.note(f"precision {precision.used}: {precision.reason}")
