@@ -39,6 +39,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -153,13 +154,15 @@ def llama_cpp_server(python: str, gguf: Path, model_id: str, threads: int, n_ctx
     cmd = [python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_id, "--host", "127.0.0.1",
            "--port", str(port), "--n_threads", str(threads), "--n_ctx", str(n_ctx),
            "--interrupt_requests", "False"]    # its default: a new request cuts the running one short
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")      # a file, not a pipe: a full pipe would stall the server
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"llama.cpp server exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise SystemExit(f"llama.cpp server exited ({proc.returncode}): {log.read()[-2000:]}")
             try:
                 if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
                     break
@@ -175,6 +178,7 @@ def llama_cpp_server(python: str, gguf: Path, model_id: str, threads: int, n_ctx
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 def main() -> None:
@@ -228,37 +232,37 @@ def main() -> None:
                     "mean_batch_size = mean of the tunesmith_batch_size observations (rows when a batch "
                     "starts and after each join of queued requests)",
            "results": {}}
-    with BackgroundServer(create_app(settings)) as srv:
-        import torch
-        out["machine"]["torch_threads"] = torch.get_num_threads()
+    names = [w for w in args.workloads.split(",") if w]
+
+    def run_workloads(url: str) -> tuple[dict, float]:
+        """Warm the server up on one task prompt, then every workload at every client count."""
         import openai
-        warm = openai.OpenAI(base_url=srv.url + "/v1", api_key="bench", max_retries=0, timeout=600)
+        warm = openai.OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
         t0 = time.perf_counter()
-        one_request(warm, model_id, task_prompts[0], 4)          # loads the base and the adapter
-        out["warmup_s"] = round(time.perf_counter() - t0, 2)
-        for name in [w for w in args.workloads.split(",") if w]:
+        one_request(warm, model_id, task_prompts[0], 4)
+        warmup_s = time.perf_counter() - t0
+        results = {}
+        for name in names:
             prompts, max_tokens = workloads[name]
             prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
-            out["results"][name] = {str(c): phase(srv.url, model_id, prompts, c, max_tokens, count_tokens)
-                                    for c in clients}
-            out["results"][name]["max_tokens"] = max_tokens
+            results[name] = {str(c): phase(url, model_id, prompts, c, max_tokens, count_tokens) for c in clients}
+            results[name]["max_tokens"] = max_tokens
+        return results, warmup_s
+
+    import torch
+    out["machine"]["torch_threads"] = torch.get_num_threads()
+    with BackgroundServer(create_app(settings)) as srv:
+        out["results"], warmup_s = run_workloads(srv.url)      # the warm-up loads the base and the adapter
+        out["warmup_s"] = round(warmup_s, 2)
     if args.llama_cpp:
-        import torch
-        out["llama_cpp"] = {"gguf": args.llama_cpp, "n_threads": torch.get_num_threads(), "results": {}}
         with llama_cpp_server(args.llama_cpp_python, Path(args.llama_cpp), model_id, torch.get_num_threads(),
                               args.llama_cpp_ctx) as url:
-            import openai
-            warm = openai.OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
-            one_request(warm, model_id, task_prompts[0], 4)
-            for name in [w for w in args.workloads.split(",") if w]:
-                prompts, max_tokens = workloads[name]
-                prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
-                res = {str(c): phase(url, model_id, prompts, c, max_tokens, count_tokens) for c in clients}
-                out["llama_cpp"]["results"][name] = res
-                for c in clients:
-                    ts, lc = out["results"][name][str(c)]["text_tokens_per_s"], res[str(c)]["text_tokens_per_s"]
-                    out.setdefault("tunesmith_vs_llama_cpp_tokens_per_s", {})[f"{name}@{c}"] = \
-                        round(ts / lc, 3) if ts and lc else None
+            res, _ = run_workloads(url)
+        out["llama_cpp"] = {"gguf": args.llama_cpp, "n_threads": torch.get_num_threads(), "results": res}
+        out["tunesmith_vs_llama_cpp_tokens_per_s"] = {
+            f"{name}@{c}": (round(ts / lc, 3) if ts and lc else None)
+            for name in names for c in clients
+            for ts, lc in [(out["results"][name][str(c)]["text_tokens_per_s"], res[name][str(c)]["text_tokens_per_s"])]}
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 
 import torch
 
-NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+from .precision import DTYPES
+
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
 
 @dataclass
 class Held:
@@ -28,7 +31,6 @@ class Held:
     dtype: str = "fp32"
     tensors: int = 0
     elements: int = 0
-    names: list[str] = field(default_factory=list)
     note: str | None = None            # why the base was not held, when it could have been
 
     def as_dict(self) -> dict:
@@ -85,7 +87,7 @@ def held_in(model: torch.nn.Module, dtype: torch.dtype, *, spill_dir: str | None
             for p in tensors.values():
                 p.data = p.data.to(dtype)
             yield Held(dtype=NAMES.get(dtype, str(dtype)), tensors=len(tensors),
-                       elements=sum(p.numel() for p in tensors.values()), names=list(tensors))
+                       elements=sum(p.numel() for p in tensors.values()))
         finally:
             with safe_open(path, framework="pt") as f:
                 for name, p in tensors.items():
@@ -96,10 +98,8 @@ def held_in(model: torch.nn.Module, dtype: torch.dtype, *, spill_dir: str | None
 
 def _unlink(path: str | None) -> None:
     if path:
-        try:
+        with suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
 
 
 __all__ = ["held_in", "frozen_linear_tensors", "Held"]

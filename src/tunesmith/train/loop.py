@@ -6,7 +6,7 @@ import math
 import os
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -191,7 +191,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     steps_this_call = 0
     step_times: list[float] = []     # this call's step durations, for the time budget's plan
     hold = precision.dtype if cfg.frozen_precision == "auto" else torch.float32
-    with frozen.held_in(model, hold) as held, lean_dropout(model), _closing(metrics_file):
+    with frozen.held_in(model, hold) as held, lean_dropout(model), metrics_file or nullcontext():
         with TrainProgress(total_steps, start=state.step, enabled=ranks.main,
                            description=f"train {precision.used}") as bar:
             bar.note(f"precision {precision.used}: {precision.reason}")
@@ -364,16 +364,6 @@ def _budget_replan(planned: "tb.PlannedSchedule", state: LoopState, step_times: 
         planned.set_total(state.step)
         bar.progress.update(bar.task, total=planned.total)
     return planned.total
-
-
-@contextmanager
-def _closing(f):
-    """Close ``f`` (or nothing: None) when the block ends."""
-    try:
-        yield f
-    finally:
-        if f is not None:
-            f.close()
 
 
 def _open_for_append(path: Path):
