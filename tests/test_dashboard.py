@@ -14,6 +14,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from tunesmith.fsutil import atomic_write_text
 from tunesmith.serve import ServeSettings
 from tunesmith.serve.app import create_app
 from tunesmith.serve.dashboard import data as dash_data
@@ -166,9 +167,9 @@ def test_stream_sends_existing_then_appended_records(runs_root, monkeypatch):
     first_read = threading.Event()
     read_new = dash_data.read_new
 
-    def watched(path, offset):
+    def watched(path, offset, version=None):
         try:
-            return read_new(path, offset)
+            return read_new(path, offset, version)
         finally:
             first_read.set()
     monkeypatch.setattr(dash_data, "read_new", watched)
@@ -188,19 +189,36 @@ def test_stream_sends_existing_then_appended_records(runs_root, monkeypatch):
         events = [e for e in sse_events(r.text) if e["event"] == "records"]
         assert len(events) == 2
         first, second = (json.loads(e["data"]) for e in events)
-        assert len(first) == 24 and int(events[0]["id"]) == size
+        assert len(first) == 24 and int(events[0]["id"].split("-")[1]) == size
         assert second == [{"type": "train", "step": 21, "loss": 0.1}]
-        offset = int(events[1]["id"])
+        offset = events[1]["id"]
         # reconnecting with Last-Event-ID continues after what was received; the completed line arrives
         with open(metrics, "a") as f:
             f.write('ss": 0.2}\n')
-        again = c.get("/ui/run/alpha-001/stream", params={"max_s": 0.1}, headers={"Last-Event-ID": str(offset)})
+        again = c.get("/ui/run/alpha-001/stream", params={"max_s": 0.1}, headers={"Last-Event-ID": offset})
         assert [json.loads(e["data"]) for e in sse_events(again.text)] == [[{"type": "train", "step": 22, "loss": 0.2}]]
         # a rewritten (shorter) file, as a resume leaves it: a reset, then everything from the start
         metrics.write_text(json.dumps({"type": "train", "step": 1, "loss": 9.0}) + "\n")
         reset = sse_events(c.get("/ui/run/alpha-001/stream", params={"max_s": 0.1},
-                                 headers={"Last-Event-ID": str(offset)}).text)
+                                 headers={"Last-Event-ID": offset}).text)
         assert [e["event"] for e in reset] == ["reset", "records"] and json.loads(reset[1]["data"])[0]["loss"] == 9.0
+        # rewritten atomically and regrown past the old offset before the next read (a resumed run that is
+        # quick): still a reset, not a read from the middle of the new file
+        offset = reset[1]["id"]
+        size = metrics.stat().st_size
+        atomic_write_text(metrics, "".join(json.dumps({"type": "train", "step": s, "loss": 1.0 / s}) + "\n"
+                                           for s in range(1, 30)))
+        assert metrics.stat().st_size > size
+        regrown = sse_events(c.get("/ui/run/alpha-001/stream", params={"max_s": 0.1},
+                                   headers={"Last-Event-ID": offset}).text)
+        assert [e["event"] for e in regrown] == ["reset", "records"]
+        assert [r["step"] for r in json.loads(regrown[1]["data"])] == list(range(1, 30))
+        # a bare byte offset (an older page) continues from there
+        with open(metrics, "a") as f:
+            f.write(json.dumps({"type": "train", "step": 30, "loss": 0.5}) + "\n")
+        bare = sse_events(c.get("/ui/run/alpha-001/stream", params={"max_s": 0.1},
+                                headers={"Last-Event-ID": regrown[1]["id"].split("-")[1]}).text)
+        assert [json.loads(e["data"]) for e in bare] == [[{"type": "train", "step": 30, "loss": 0.5}]]
 
 
 # ---- security ---------------------------------------------------------------------------------------------------

@@ -190,25 +190,27 @@ def human_size(n: int) -> str:
 
 # ------------------------------------------------------------------------------------ metrics tail
 
-def read_new(path: Path, offset: int) -> tuple[list[dict], int, bool]:
-    """Records appended to a JSONL file since byte ``offset``: (records, new offset, reset).
+def read_new(path: Path, offset: int, version: int | None = None) -> tuple[list[dict], int, int | None, bool]:
+    """Records appended to a JSONL file since byte ``offset``: (records, new offset, version, reset).
 
-    Only complete lines are consumed (a line being written waits for its newline); lines that do not
-    parse are skipped. ``reset`` is True when the file is shorter than ``offset`` (rewritten, e.g. cut
-    back by a resume): the records are then read from the start."""
+    ``version`` names the file's current version (its inode): a file rewritten atomically (a resume cuts
+    ``metrics.jsonl`` back that way) is a new version even when it has regrown past ``offset`` by the time
+    it is read. Only complete lines are consumed (a line being written waits for its newline); lines that
+    do not parse are skipped. ``reset`` is True when the file is shorter than ``offset`` or is another
+    version than the ``version`` given: the records are then read from the start."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            reset = size < offset
+            st = os.fstat(f.fileno())
+            reset = st.st_size < offset or (version is not None and version != st.st_ino)
             if reset:
                 offset = 0
             f.seek(offset)
-            chunk = f.read(max(0, size - offset))
+            chunk = f.read(max(0, st.st_size - offset))
     except FileNotFoundError:
-        return [], 0, offset > 0
+        return [], 0, None, offset > 0
     end = chunk.rfind(b"\n")
     if end < 0:
-        return [], offset, reset
+        return [], offset, st.st_ino, reset
     records = []
     for line in chunk[:end].splitlines():
         if not line.strip():
@@ -219,7 +221,7 @@ def read_new(path: Path, offset: int) -> tuple[list[dict], int, bool]:
             continue
         if isinstance(rec, dict):
             records.append(rec)
-    return records, offset + end + 1, reset
+    return records, offset + end + 1, st.st_ino, reset
 
 
 def curves(path: Path) -> dict:

@@ -67,6 +67,15 @@ def _finite(value):
     return value
 
 
+def _cursor(last_event_id: str, offset: int) -> tuple[int | None, int]:
+    """Where a metrics stream resumes: (file version or None, byte offset) from a ``VERSION-OFFSET`` or bare
+    ``OFFSET`` Last-Event-ID; anything else starts at ``offset`` with no version."""
+    version, _, pos = last_event_id.rpartition("-")
+    if pos.isdigit() and (version.isdigit() or version == ""):
+        return (int(version) if version else None), int(pos)
+    return None, offset
+
+
 def _next_url(value: str | None) -> str:
     """Where to go after signing in: a dashboard path only (no open redirect)."""
     if value and value.startswith(PREFIX + "/") and not value.startswith("//") and "\\" not in value:
@@ -241,29 +250,29 @@ def dashboard_app(settings, guard: Guard, parent: FastAPI) -> FastAPI:
     async def run_stream(request: Request, rid: str, offset: int = Query(0, ge=0),
                          max_s: float = Query(60.0, gt=0, le=3600)):
         """Server-sent events: the run's metrics.jsonl records (``records`` events, a JSON list; the event id
-        is the byte offset to continue from), new ones as they are appended; ``reset`` when the file was
-        rewritten. The stream ends after ``max_s`` seconds; EventSource reconnects with Last-Event-ID."""
+        is ``VERSION-OFFSET``, the file's version and the byte offset to continue from), new ones as they are
+        appended; ``reset`` when the file was rewritten. The stream ends after ``max_s`` seconds; EventSource
+        reconnects with Last-Event-ID (a bare offset is accepted too)."""
         guard.data(request)
         ref = find(rid)
         if ref is None:
             raise Refused(404, f"no run {rid!r}")
-        last = request.headers.get("last-event-id", "")
-        start = int(last) if last.isdigit() else offset
+        version, start = _cursor(request.headers.get("last-event-id", ""), offset)
         path = Layout(ref.path).metrics_path
 
         async def events():
-            pos, t0 = start, time.monotonic()
+            pos, ver, t0 = start, version, time.monotonic()
             sent = t0
             yield "retry: 1000\n\n"
             while True:
-                records, new_pos, reset = await run_in_threadpool(data.read_new, path, pos)
+                records, new_pos, new_ver, reset = await run_in_threadpool(data.read_new, path, pos, ver)
                 now = time.monotonic()
                 if reset:
                     yield "event: reset\ndata: {}\n\n"
-                if records or reset or new_pos != pos:
+                if records or reset or new_pos != pos or new_ver != ver:
                     payload = json.dumps(_finite(records), separators=(",", ":"))
-                    yield f"id: {new_pos}\nevent: records\ndata: {payload}\n\n"
-                    pos, sent = new_pos, now
+                    yield f"id: {'' if new_ver is None else new_ver}-{new_pos}\nevent: records\ndata: {payload}\n\n"
+                    pos, ver, sent = new_pos, new_ver, now
                 elif now - sent > STREAM_KEEPALIVE_S:
                     yield ": keep-alive\n\n"
                     sent = now
