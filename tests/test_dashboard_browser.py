@@ -151,6 +151,15 @@ def test_sign_in_runs_live_run_and_compare(tmp_path, browser):
         d.find_element("id", "smooth").click()
         assert d.execute_script("return tsCharts.loss.scales.y.distr;") == 3
         assert d.execute_script(points) == 15
+        # the task-metric chart stays hidden until a validation carries the metric that chooses the checkpoint
+        hidden = "return document.getElementById('chart-task').hidden;"
+        assert d.execute_script(hidden) is True
+        with open(live / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"type": "eval", "step": 15, "val_loss": 0.9, "perplexity": 2.4,
+                                "task_metric": 0.75, "task_metric_name": "accuracy"}) + "\n")
+        wait_for(lambda: d.execute_script("return tsCharts.task.data[1].filter(v => v !== null);") == [0.75],
+                 what="the validation task metric on its chart")
+        assert d.execute_script(hidden) is False and d.execute_script(points) == 15
         shoot(d, "run", shots)
         assert not js_errors(d)
 

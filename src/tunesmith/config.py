@@ -19,18 +19,13 @@ from .errors import TunesmithError
 
 SEED_MAX = 2**32 - 1      # numpy's and torch's seed range
 REGULARIZE_WEIGHT = 0.5   # continue.regularize_weight default (how it was chosen: lifecycle/continuation.py)
-
-
 MAX_BUDGET_S = 366 * 24 * 3600.0
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
 def parse_duration(value: Any) -> float:
     """Seconds in ``value``: a number of seconds, or a string like "90s", "10m", "1h30m", "1.5h"."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"time_budget must be a duration like 90s, 10m, 1h30m or a number of seconds, "
-                         f"not {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
@@ -45,7 +40,7 @@ def parse_duration(value: Any) -> float:
             seconds = h * 3600 + mins * 60 + s
     else:
         raise ValueError(f"time_budget must be a duration like 90s, 10m, 1h30m or a number of seconds, "
-                         f"not {type(value).__name__}")
+                         f"not {_shown(value)}")
     if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_BUDGET_S:
         raise ValueError(f"time_budget must be above 0 and at most 366 days (got {value!r})")
     return seconds
@@ -179,6 +174,11 @@ class TrainConfig(_Strict):
     save_every: int = Field(50, ge=1, le=10**9, description="Checkpoint every N optimizer steps.")
     early_stopping_patience: int | None = Field(
         3, ge=1, le=10**6, description="Stop after N validations without improvement; null disables.")
+    select_on: Literal["auto", "val_loss", "task_metric"] = Field(
+        "auto", description="What keeps the final checkpoint and drives early stopping: `task_metric`, the task's "
+        "headline metric on a validation sample answered at each validation (loss breaks ties); `val_loss`; `auto`: "
+        "the task metric where there is one (single task, generation metric, 8+ validation answers), else val_loss.")
+    select_examples: int = Field(32, ge=1, le=100_000, description="Validation answers scored for task_metric.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for weights init, shuffling and dropout.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Training device.")

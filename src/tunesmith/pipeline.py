@@ -128,6 +128,7 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
     from .tuned import prepare_for_training
     from .train import distributed
     from .train.loop import TrainResult
+    from .eval.select import task_score
     run = prepare(target, overrides) if _is_recipe(target) else as_run(target)
     if resume and not (run.checkpoints.is_dir() or run.metrics_path.is_file()):
         raise TunesmithError("nothing to resume: the run has not started training", file=str(run.path))
@@ -151,9 +152,12 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
         trainable, total = count_trainable(model)
         console.print(f"method {r.method.name}: {trainable:,} of {total:,} parameters trainable "
                       f"({100 * trainable / total:.2f}%) on {session.device}")
+        score = task_score(session)
+        if score is not None and ranks.main:
+            console.print(f"checkpoints chosen on {score.describe()} (train.select_on {r.train.select_on})")
         result = loop_train(model, session.seqs["train"], session.seqs["validation"], session.objective, r.train,
                             run.path, pad_id=session.tokenizer.pad_token_id, resume=resume, stop_after=stop_after,
-                            on_eval=on_eval, on_step=on_step)
+                            on_eval=on_eval, on_step=on_step, task_score=score)
         session.tuned_model = model
         if not ranks.main:            # rank 0 writes train.json and the model
             return run, result

@@ -119,12 +119,24 @@ def _training_items(results: dict) -> list[tuple[str, str]]:
          f"{num(c.get('train'))} / {num(c.get('validation'))} / {num(c.get('test'))}"),
         ("Evaluated test examples", num(c.get("evaluated"))),
         ("Optimizer steps", num(t.get("steps"))),
-        ("Best step", num(t.get("best_step"))),
+        ("Kept checkpoint", _kept(t, num)),
         ("Early stopped", _DASH if early is None else ("yes" if early else "no")),
         ("Tokens processed", num(t.get("train_tokens"))),
         ("Throughput", num(t.get("tokens_per_s"), "{:,.0f} tokens/s")),
         ("Wall time", _duration(t.get("wall_s"))),
     ]
+
+
+def _kept(t: dict, num) -> str:
+    """The step whose weights were kept and what chose it."""
+    step = num(t.get("best_step"))
+    on = t.get("selected_on")
+    if not on or step == _DASH:
+        return step
+    if on == "val_loss":
+        return f"step {step} (lowest validation loss)"
+    score = f" {t['best_score']:.4g}" if is_number(t.get("best_score")) else ""
+    return f"step {step} (best {on}{':' + score if score else ''})"
 
 
 def _artifact_items(results: dict) -> list[tuple[str, str]]:

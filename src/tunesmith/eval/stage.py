@@ -261,6 +261,7 @@ def evaluate(session: Session, base_result: dict | None = None, tuned_model=None
         "training": {"steps": training.get("steps"), "train_tokens": training.get("tokens"),
                      "tokens_per_s": training.get("tokens_per_s"), "wall_s": training.get("wall_s"),
                      "best_step": training.get("best_step"), "early_stopped": training.get("early_stopped"),
+                     "selected_on": training.get("selected_on"), "best_score": training.get("best_score"),
                      "trainable_parameters": training.get("trainable_parameters")},
         "artifacts": (run.load_json("export/export.json") or {}),
         **decision,

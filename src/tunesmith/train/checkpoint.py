@@ -26,6 +26,7 @@ class LoopState:
     wall_s: float = 0.0           # training time so far
     best_val: float | None = None
     best_step: int = 0
+    best_score: float | None = None   # the task metric of the best step, when checkpoints are chosen on it
     bad_evals: int = 0            # validations since the last improvement
     early_stopped: bool = False
 

@@ -42,6 +42,8 @@ class TrainResult:
     time_budget: dict | None = None      # planned vs actual, when train.time_budget is set
     anchor: dict | None = None           # the weight anchor's record (continue.strategy regularize), else None
     distributed: dict | None = None      # {"nproc", "backend", "rank_weight_spread"} when trained on N processes
+    selected_on: str = "val_loss"        # what chose the kept checkpoint: validation loss, or the task metric's sample
+    best_score: float | None = None      # the task metric of the kept checkpoint on that sample
 
 
 def seed_everything(seed: int) -> None:
@@ -117,7 +119,7 @@ def plan_micro_batches(n_seqs: int, cfg, seqs) -> list[list[int]]:
 
 def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
           run_dir: Path, *, pad_id: int, resume: bool = False, on_step: Callable | None = None,
-          on_eval: Callable | None = None, stop_after: int | None = None) -> TrainResult:
+          on_eval: Callable | None = None, stop_after: int | None = None, task_score=None) -> TrainResult:
     """Train ``model`` in place with ``objective(model, batch) -> LossOutput``.
 
     The objective's ``collate(items, pad_id)`` (default: SFT token batches) builds batches; each
@@ -128,6 +130,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     ``stop_after`` ends the call after that many optimizer steps (used to test interruption).
     ``on_eval(step, metrics)`` is called after each validation; an exception it raises (e.g. a
     sweep pruning the trial) ends training and propagates.
+    ``task_score`` (optional; ``score(model) -> float``, higher is better, with ``metric`` and ``describe()``)
+    is measured at every validation and chooses the kept checkpoint (validation loss breaks ties); without
+    it the lowest validation loss does. Early stopping counts validations without improvement of that choice.
     """
     from torch.optim.lr_scheduler import LambdaLR
     from transformers import get_scheduler
@@ -268,17 +273,22 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     with precision.autocast() if held.tensors else nullcontext():   # held weights need it
                         ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
                                            pad_id=pad_id, device=device)
+                        if task_score is not None:
+                            ev.update(task_metric=task_score(model), task_metric_name=task_score.metric)
                     if planned is not None:
                         planned.val_s = time.perf_counter() - tv
                         planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
                         total_steps = _budget_refine(planned, state, step_times, cfg, val_seqs, bar)
                         is_last = state.step == total_steps
                     _write(metrics_file, {"type": "eval", "step": state.step, **ev})
-                    bar.note(f"step {state.step}: val_loss {ev['val_loss']:.4f}  ppl {ev['perplexity']:.2f}")
+                    scored = f"  {task_score.metric} {ev['task_metric']:.4g}" if task_score else ""
+                    bar.note(f"step {state.step}: val_loss {ev['val_loss']:.4f}  ppl {ev['perplexity']:.2f}{scored}")
                     if on_eval:
                         on_eval(state.step, ev)
-                    if state.best_val is None or ev["val_loss"] < state.best_val - 1e-4:
-                        state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
+                    score = ev.get("task_metric")
+                    if _improves(state, ev["val_loss"], score):
+                        state.best_val, state.best_score, state.best_step, state.bad_evals = \
+                            ev["val_loss"], score, state.step, 0
                         if ranks.main:
                             checkpoint.save_best(ckpt_root, accelerator.unwrap_model(model))
                     else:
@@ -321,7 +331,19 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                        time_budget=planned.report() if planned is not None else None,
                        anchor=anchor.record() if anchor is not None else None,
                        distributed={"nproc": ranks.world, "backend": ddp.backend(device),
-                                    "rank_weight_spread": spread} if ranks.distributed else None)
+                                    "rank_weight_spread": spread} if ranks.distributed else None,
+                       selected_on=task_score.describe() if task_score is not None else "val_loss",
+                       best_score=state.best_score)
+
+
+def _improves(state: LoopState, val_loss: float, score: float | None) -> bool:
+    """Whether a validation beats the kept checkpoint: a higher task score, or (no score, or an equal one)
+    a validation loss lower by more than 1e-4."""
+    if state.best_val is None:
+        return True
+    if score is not None and state.best_score is not None and abs(score - state.best_score) > 1e-9:
+        return score > state.best_score
+    return val_loss < state.best_val - 1e-4
 
 
 def _budget_refine(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,

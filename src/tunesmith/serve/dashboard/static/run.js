@@ -15,7 +15,10 @@
                                          ["validation loss", "eval", "val_loss", "#cf222e", false]]},
     {id: "lr", title: "learning rate", series: [["learning rate", "train", "lr", "#1a7f37", false]]},
     {id: "grad", title: "grad norm", series: [["grad norm", "train", "grad_norm", "#8250df", true]]},
-    {id: "tps", title: "tokens/s", series: [["tokens/s", "train", "tokens_per_s", "#bc4c00", true]]}
+    {id: "tps", title: "tokens/s", series: [["tokens/s", "train", "tokens_per_s", "#bc4c00", true]]},
+    // shown once a validation carries it (train.select_on: the task metric on a validation sample)
+    {id: "task", title: "validation task metric (chooses the kept checkpoint)", optional: true,
+     series: [["task metric", "eval", "task_metric", "#9a6700", false]]}
   ];
   var logBox = document.getElementById("log-scale");
   var smoothBox = document.getElementById("smooth");
@@ -104,7 +107,17 @@
   var pending = false;
   function update() {
     pending = false;
-    SPECS.forEach(function (spec) { charts[spec.id].setData(seriesData(spec)); });
+    SPECS.forEach(function (spec) {
+      var data = seriesData(spec);
+      if (spec.optional) {
+        var node = document.getElementById("chart-" + spec.id), shown = data[0].length > 0;
+        if (node.hidden === shown) {
+          node.hidden = !shown;
+          if (shown) { build(spec); }
+        }
+      }
+      charts[spec.id].setData(data);
+    });
     progress();
     document.getElementById("point-count").textContent =
       records.train.length + " training and " + records.eval.length + " validation records";

@@ -1,0 +1,101 @@
+"""Checkpoint selection on the task metric: the loop keeps the best-scoring validation, ties go to validation
+loss, early stopping counts on the same choice; the pipeline scores a validation sample where the task has a
+metric, says so in train.json and the report, and refuses `task_metric` where it cannot apply."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_loop import cfg, data, lora_model  # noqa: F401  (data is a fixture)
+from tunesmith import pipeline
+from tunesmith.errors import TunesmithError
+from tunesmith.methods.base import trainable_state
+from tunesmith.objectives.sft import SFTObjective
+from tunesmith.train.loop import train
+
+
+class Scripted:
+    """A task scorer that answers with a scripted score per validation and keeps the weights it saw."""
+    metric = "accuracy"
+
+    def __init__(self, scores):
+        self.scores, self.seen = list(scores), []
+
+    def describe(self):
+        return "accuracy on 4 scripted answers"
+
+    def __call__(self, model):
+        self.seen.append({k: v.clone() for k, v in trainable_state(model).items()})
+        return self.scores[len(self.seen) - 1]
+
+
+def test_the_best_scoring_validation_is_kept_not_the_lowest_loss(tokenizer, data, tmp_path):  # noqa: F811
+    train_seqs, val = data
+    plain = train(lora_model(tokenizer), train_seqs, val, SFTObjective(), cfg(), tmp_path / "plain",
+                  pad_id=tokenizer.pad_token_id)
+    assert plain.best_step == 30 and plain.selected_on == "val_loss"     # the loss falls to the end here
+
+    scorer = Scripted([0.2, 0.9, 0.5, 0.5, 0.1, 0.3])                     # validations at steps 5, 10, ..., 30
+    model = lora_model(tokenizer)
+    res = train(model, train_seqs, val, SFTObjective(), cfg(), tmp_path / "scored", pad_id=tokenizer.pad_token_id,
+                task_score=scorer)
+    assert res.steps == 30 and res.best_step == 10 and res.best_score == 0.9
+    assert res.selected_on == "accuracy on 4 scripted answers"
+    kept, at_step_10 = trainable_state(model), scorer.seen[1]
+    assert all(torch.equal(kept[k], at_step_10[k]) for k in kept)
+    evals = [json.loads(line) for line in (tmp_path / "scored" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert [e["task_metric"] for e in evals] == scorer.scores
+    assert {e["task_metric_name"] for e in evals} == {"accuracy"}
+
+
+def test_equal_scores_fall_back_to_validation_loss(tokenizer, data, tmp_path):  # noqa: F811
+    train_seqs, val = data
+    res = train(lora_model(tokenizer), train_seqs, val, SFTObjective(), cfg(), tmp_path,
+                pad_id=tokenizer.pad_token_id, task_score=Scripted([0.5] * 6))
+    assert res.best_step == 30 and res.best_score == 0.5
+
+
+def test_early_stopping_counts_validations_without_a_better_score(tokenizer, data, tmp_path):  # noqa: F811
+    train_seqs, val = data
+    res = train(lora_model(tokenizer), train_seqs, val, SFTObjective(), cfg(early_stopping_patience=2), tmp_path,
+                pad_id=tokenizer.pad_token_id, task_score=Scripted([0.5, 0.9, 0.8, 0.7, 0.95, 0.99]))
+    assert res.early_stopped and res.steps == 20 and res.best_step == 10
+
+
+def test_a_label_task_is_selected_on_accuracy_and_the_report_says_so(recipe_file):
+    run, result = pipeline.train(recipe_file(data={"split": {"validation": 0.2, "test": 0.1}},
+                                             train={"epochs": 2, "eval_every": 4}))
+    info = run.load_json("train.json")
+    n_val = run.load_json("data/manifest.json")["counts"]["validation"]
+    assert info["selected_on"] == f"accuracy on {min(32, n_val)} validation examples"
+    assert 0.0 <= info["best_score"] <= 1.0 and result.best_score == info["best_score"]
+    evals = [r for r in run.metrics() if r.get("type") == "eval"]
+    assert evals and all(0.0 <= r["task_metric"] <= 1.0 and r["task_metric_name"] == "accuracy" for r in evals)
+    assert max(r["task_metric"] for r in evals) == info["best_score"]
+    pipeline.evaluate(run)
+    report = (run.path / "report.md").read_text()
+    assert f"step {info['best_step']} (best accuracy on" in report
+
+
+def test_val_loss_selection_scores_nothing(recipe_file):
+    run, result = pipeline.train(recipe_file(data={"split": {"validation": 0.2, "test": 0.1}},
+                                             train={"epochs": 1, "eval_every": 4, "select_on": "val_loss"}))
+    assert result.selected_on == "val_loss" and result.best_score is None
+    assert not any("task_metric" in r for r in run.metrics() if r.get("type") == "eval")
+
+
+def test_task_metric_where_it_cannot_apply_is_one_clear_error(recipe_file, tmp_path):
+    text = tmp_path / "notes.jsonl"
+    text.write_text("".join(json.dumps({"text": f"plain domain text line {i} about invoices and parcels"}) + "\n"
+                            for i in range(60)))
+    recipe = recipe_file(task="pretraining", data={"train": str(text), "format": "text", "labels": None},
+                         train={"max_steps": 2, "select_on": "task_metric"})
+    with pytest.raises(TunesmithError, match="train.select_on task_metric cannot apply: task pretraining"):
+        pipeline.train(recipe)
+    auto = recipe_file(task="pretraining", data={"train": str(text), "format": "text", "labels": None},
+                       train={"max_steps": 2})
+    _, result = pipeline.train(auto)
+    assert result.selected_on == "val_loss"
