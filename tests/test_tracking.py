@@ -80,7 +80,8 @@ def test_a_run_logged_to_mlflow_reads_back(finished_run, tmp_path, capfd, no_net
     assert m["tuned.accuracy"] == pytest.approx(data["metrics"]["tuned"]["accuracy"])
     assert m["base.accuracy"] == pytest.approx(data["metrics"]["base"]["accuracy"])
     assert m["tuned.perplexity"] == pytest.approx(data["loss"]["tuned"]["perplexity"])
-    assert m["train.best_val_loss"] == pytest.approx(min(r["val_loss"] for r in evals))
+    best_step = json.loads((run / "train.json").read_text())["best_step"]        # the kept checkpoint's loss
+    assert m["train.best_val_loss"] == pytest.approx(next(r["val_loss"] for r in evals if r["step"] == best_step))
     assert m["train_loss"] == pytest.approx(trains[-1]["loss"])
     arts = {a.path for a in client.list_artifacts(out["run_id"])} | \
         {a.path for a in client.list_artifacts(out["run_id"], "eval")}

@@ -203,6 +203,24 @@ def per_example_correct(metric: str, pred: str, ref: str, labels: Sequence[str] 
     return normalize(pred) == normalize(ref)
 
 
+def per_example_scores(metric: str, preds: Sequence[str], refs: Sequence[str],
+                       labels: Sequence[str] | None = None) -> list[float]:
+    """One score per answer on the scale of :func:`compute`'s ``metric`` (``accuracy``/``exact_match``: 0 or
+    1; ``rouge1``/``rouge2``/``rougeL``: F-measure ×100; ``bleu``: sentence BLEU), for paired comparisons."""
+    _check_lengths(preds, refs)
+    if metric in ("accuracy", "exact_match"):
+        return [float(per_example_correct(metric, p, r, labels if metric == "accuracy" else None))
+                for p, r in zip(preds, refs)]
+    if metric in ("rouge1", "rouge2", "rougeL"):
+        from rouge_score.rouge_scorer import RougeScorer
+        scorer = RougeScorer([metric], use_stemmer=True)
+        return [100.0 * scorer.score(r, p)[metric].fmeasure for p, r in zip(preds, refs)]
+    if metric == "bleu":
+        import sacrebleu
+        return [float(sacrebleu.sentence_bleu(p, [r]).score) for p, r in zip(preds, refs)]
+    raise ValueError(f"no per-example score for metric {metric!r}")
+
+
 def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> dict:
     """How well the top label's probability matches how often it is right: the reliability curve (uniform
     bins, scikit-learn's ``calibration_curve``), the expected calibration error and the mean confidence."""

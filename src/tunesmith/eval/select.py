@@ -13,13 +13,12 @@ from .decide import headline
 
 @dataclass
 class TaskScore:
-    """``score(model)`` answers the validation sample greedily and scores it with the task's headline metric
-    (higher is better); the training loop keeps the checkpoint that scores best."""
+    """``score(model)`` answers the validation sample greedily and returns each answer's score on the task's
+    headline metric (higher is better); the training loop keeps the checkpoint that scores clearly best."""
     metric: str
     prompts: list
     references: list
     labels: list | None
-    names: list
     tokenizer: object
     max_new_tokens: int
     batch_size: int
@@ -31,9 +30,9 @@ class TaskScore:
     def describe(self) -> str:
         return f"{self.metric} on {self.n} validation examples"
 
-    def __call__(self, model) -> float:
+    def __call__(self, model) -> list[float]:
         preds = generate(model, self.tokenizer, self.prompts, self.max_new_tokens, batch_size=self.batch_size)
-        return float(metrics.compute(self.names, preds, self.references, self.labels)[self.metric])
+        return metrics.per_example_scores(self.metric, preds, self.references, self.labels)
 
 
 MIN_EXAMPLES = 8     # fewer validation answers than this say too little to choose a checkpoint by
@@ -72,11 +71,9 @@ def task_score(session: Session) -> TaskScore | None:
         return None
     usable = [ex for ex in session.splits["validation"] if ex.messages and ex.reference is not None]
     sample = usable[: r.train.select_examples]
-    names = r.metrics()
-    probe = metrics.compute(names, [sample[0].reference], [sample[0].reference], session.labels)
-    metric = headline(r, {"metrics": probe})
-    return TaskScore(metric=metric, prompts=[ex.prompt_messages for ex in sample],
-                     references=[ex.reference for ex in sample], labels=session.labels, names=names,
+    probe = metrics.compute(r.metrics(), [sample[0].reference], [sample[0].reference], session.labels)
+    return TaskScore(metric=headline(r, {"metrics": probe}), prompts=[ex.prompt_messages for ex in sample],
+                     references=[ex.reference for ex in sample], labels=session.labels,
                      tokenizer=session.tokenizer, max_new_tokens=r.eval.max_new_tokens,
                      batch_size=r.eval.batch_size)
 

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -130,9 +131,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     ``stop_after`` ends the call after that many optimizer steps (used to test interruption).
     ``on_eval(step, metrics)`` is called after each validation; an exception it raises (e.g. a
     sweep pruning the trial) ends training and propagates.
-    ``task_score`` (optional; ``score(model) -> float``, higher is better, with ``metric`` and ``describe()``)
-    is measured at every validation and chooses the kept checkpoint (validation loss breaks ties); without
-    it the lowest validation loss does. Early stopping counts validations without improvement of that choice.
+    ``task_score`` (optional; ``score(model) -> per-example scores``, higher is better, with ``metric`` and
+    ``describe()``) is measured at every validation and chooses the kept checkpoint (see :func:`_improves`);
+    without it the lowest validation loss does. Early stopping counts validations that do not improve it.
     """
     from torch.optim.lr_scheduler import LambdaLR
     from transformers import get_scheduler
@@ -273,8 +274,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     with precision.autocast() if held.tensors else nullcontext():   # held weights need it
                         ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
                                            pad_id=pad_id, device=device)
-                        if task_score is not None:
-                            ev.update(task_metric=task_score(model), task_metric_name=task_score.metric)
+                        scores = task_score(model) if task_score is not None else None
+                        if scores is not None:
+                            ev.update(task_metric=sum(scores) / max(len(scores), 1), task_metric_name=task_score.metric)
                     if planned is not None:
                         planned.val_s = time.perf_counter() - tv
                         planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
@@ -285,10 +287,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     bar.note(f"step {state.step}: val_loss {ev['val_loss']:.4f}  ppl {ev['perplexity']:.2f}{scored}")
                     if on_eval:
                         on_eval(state.step, ev)
-                    score = ev.get("task_metric")
-                    if _improves(state, ev["val_loss"], score):
-                        state.best_val, state.best_score, state.best_step, state.bad_evals = \
-                            ev["val_loss"], score, state.step, 0
+                    if _improves(state, ev["val_loss"], scores):
+                        state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
+                        state.best_score, state.best_scores = ev.get("task_metric"), scores
                         if ranks.main:
                             checkpoint.save_best(ckpt_root, accelerator.unwrap_model(model))
                     else:
@@ -336,13 +337,19 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                        best_score=state.best_score)
 
 
-def _improves(state: LoopState, val_loss: float, score: float | None) -> bool:
-    """Whether a validation beats the kept checkpoint: a higher task score, or (no score, or an equal one)
-    a validation loss lower by more than 1e-4."""
+def _improves(state: LoopState, val_loss: float, scores: list[float] | None) -> bool:
+    """Whether a validation beats the kept checkpoint. With per-example task scores: clearly higher (the mean
+    paired difference over the same answers above one standard error) wins, clearly lower loses; a difference
+    within the noise of the sample, or no scores, falls to validation loss (lower by more than 1e-4)."""
     if state.best_val is None:
         return True
-    if score is not None and state.best_score is not None and abs(score - state.best_score) > 1e-9:
-        return score > state.best_score
+    best = state.best_scores
+    if scores and best and len(scores) == len(best):
+        diffs = [a - b for a, b in zip(scores, best)]
+        mean = sum(diffs) / len(diffs)
+        se = (statistics.stdev(diffs) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+        if abs(mean) > se + 1e-9:
+            return mean > 0
     return val_loss < state.best_val - 1e-4
 
 
