@@ -68,6 +68,15 @@ def test_differences_within_the_samples_noise_fall_back_to_validation_loss(token
     assert res.best_step == 30 and res.best_score == 0.5
 
 
+def test_small_drops_within_the_noise_cannot_add_up(tokenizer, data, tmp_path):  # noqa: F811
+    """9 right, then 8 (within the noise of 9: the falling loss keeps step 10), then 7 at every later validation:
+    within the noise of the kept 8 but clearly below the best-scoring 9, so step 10 stays."""
+    train_seqs, val = data
+    res = train(lora_model(tokenizer), train_seqs, val, SFTObjective(), cfg(), tmp_path,
+                pad_id=tokenizer.pad_token_id, task_score=Scripted([right(9), right(8)] + [right(7)] * 4))
+    assert res.best_step == 10 and res.best_score == 0.8
+
+
 def test_early_stopping_counts_validations_without_a_better_score(tokenizer, data, tmp_path):  # noqa: F811
     train_seqs, val = data
     res = train(lora_model(tokenizer), train_seqs, val, SFTObjective(), cfg(early_stopping_patience=2), tmp_path,

@@ -298,6 +298,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                             state.early_stopped = True
                             bar.note(f"early stop: no improvement in {state.bad_evals} validations; "
                                      f"best step {state.best_step}")
+                    if scores and (not state.top_scores or sum(scores) > sum(state.top_scores)):
+                        state.top_scores = scores          # the best-scoring validation so far
                 save_now = state.step % cfg.save_every == 0 or is_last or state.early_stopped
                 if planned is not None and planned.planned and planned.save_s is None:
                     save_now = True       # time a checkpoint save early: saves are part of the plan
@@ -338,19 +340,29 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
 
 
 def _improves(state: LoopState, val_loss: float, scores: list[float] | None) -> bool:
-    """Whether a validation beats the kept checkpoint. With per-example task scores: clearly higher (the mean
-    paired difference over the same answers above one standard error) wins, clearly lower loses; a difference
-    within the noise of the sample, or no scores, falls to validation loss (lower by more than 1e-4)."""
+    """Whether a validation beats the kept checkpoint. With per-example task scores: clearly higher than the
+    kept checkpoint's (the mean paired difference over the same answers above one standard error) wins;
+    clearly lower than the kept one's, or than the best-scoring validation's so far, loses (so small drops
+    cannot add up); otherwise, as without scores, a validation loss lower by more than 1e-4 wins."""
     if state.best_val is None:
         return True
-    best = state.best_scores
-    if scores and best and len(scores) == len(best):
-        diffs = [a - b for a, b in zip(scores, best)]
-        mean = sum(diffs) / len(diffs)
-        se = (statistics.stdev(diffs) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
-        if abs(mean) > se + 1e-9:
-            return mean > 0
+    if scores:
+        if _clear_difference(scores, state.best_scores) > 0:
+            return True
+        if _clear_difference(scores, state.best_scores) < 0 or _clear_difference(scores, state.top_scores) < 0:
+            return False
     return val_loss < state.best_val - 1e-4
+
+
+def _clear_difference(scores: list[float], other: list[float] | None) -> int:
+    """+1 / -1 when ``scores`` are clearly above / below ``other`` on the same items (mean paired difference
+    beyond one standard error), 0 when within the noise or not comparable."""
+    if not other or len(other) != len(scores):
+        return 0
+    diffs = [a - b for a, b in zip(scores, other)]
+    mean = sum(diffs) / len(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return 0 if abs(mean) <= se + 1e-9 else (1 if mean > 0 else -1)
 
 
 def _budget_refine(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,
