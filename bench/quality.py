@@ -257,10 +257,13 @@ def task_result(task, folder: Path, systems: dict, budget: str) -> dict:
 
 # --- output ------------------------------------------------------------------------------------------
 
+SCALED = ("rouge1", "rouge2", "rougeL", "bleu")     # already 0..100 (accuracy and exact match are 0..1)
+
+
 def _pct(key: str, v) -> str:
     if v is None:
         return "–"
-    return f"{100 * v:.1f}"
+    return f"{(1 if key in SCALED else 100) * v:.1f}"
 
 
 def markdown(result: dict) -> str:
@@ -280,7 +283,8 @@ def markdown(result: dict) -> str:
             if "value" not in row:
                 continue
             d = row.get("vs_defaults")
-            delta = f"{100 * d['delta']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" if d else ""
+            k = 1 if t["metric"] in SCALED else 100
+            delta = f"{k * d['delta']:+.1f} [{k * d['ci'][0]:+.1f}, {k * d['ci'][1]:+.1f}]" if d else ""
             ppl = row.get("general_ppl_change")
             lines.append(f"| {SYSTEM_LABELS[s]} | {_pct(t['metric'], row['value'])} | "
                          f"{_pct(t['metric'], row['ci'][0])}–{_pct(t['metric'], row['ci'][1])} | {delta} | "
