@@ -84,8 +84,7 @@ def near_duplicates(texts: list[str], threshold: float = 0.85, num_perm: int = 1
 # pair of examples look alike. The functions below compare examples on their *varying* content:
 # lines found in many examples are left out of the similarity (and replaced by a short marker in
 # the text that decides exact equality, so examples with different shared text are not equal),
-# and the prompt and the answer are compared separately. Prompt text shared within a line (a question
-# template around a varying name) is left out the same way, as the shingles found in many prompts.
+# and the prompt and the answer are compared separately.
 
 SHARED_MIN_COUNT = 3        # a line must occur in at least this many examples to count as shared
 MARKER = "§"
@@ -181,20 +180,6 @@ def comparison_texts(examples: list[Example], shared_share: float = 0.3, *,
                     shared=shared)
 
 
-def varying_shingles(sets: list[set], shared_share: float = 0.3, *, min_count: int = SHARED_MIN_COUNT) -> list[set]:
-    """The shingle sets without the shingles found in more than ``shared_share`` of them (and in at least
-    ``min_count``): a template that varies within one line ("what does the function `X` do?") weighs
-    nothing, as shared lines do. A set left empty keeps all its shingles (its text is all template)."""
-    df: Counter[bytes] = Counter()
-    for one in sets:
-        df.update(one)
-    need = max(min_count, math.floor(shared_share * len(sets)) + 1)
-    common = {sh for sh, n in df.items() if n >= need}
-    if not common:
-        return sets
-    return [(one - common) or one for one in sets]
-
-
 def _candidate_threshold(threshold: float) -> float:
     """The LSH proposes pairs from well below ``threshold`` (the exact Jaccard then decides): at the
     threshold itself an LSH tuned to it misses about half of the true pairs."""
@@ -274,8 +259,7 @@ def find_duplicates(examples: list[Example], threshold: float = 0.85, *, near: b
     def candidates():
         if near:
             from datasketch import MinHash, MinHashLSH  # deferred: importing datasketch is slow
-            sets = dict(zip(unique, varying_shingles([shingles(cmp.prompt_sims[i], ngram) for i in unique],
-                                                     shared_share)))
+            sets = {i: shingles(cmp.prompt_sims[i], ngram) for i in unique}
             sigs = MinHash.bulk((sets[i] for i in unique), num_perm=num_perm, seed=seed)
             lsh = MinHashLSH(threshold=_candidate_threshold(threshold), num_perm=num_perm)
             for i, sig in zip(unique, sigs):
@@ -330,7 +314,7 @@ def cross_matches(reference: list[Example], queries: list[Example], threshold: f
     lsh = sigs = None
     if near and reference and queries:
         from datasketch import MinHash, MinHashLSH
-        sets = varying_shingles([shingles(p, ngram) for p in cmp.prompt_sims], shared_share)
+        sets = [shingles(p, ngram) for p in cmp.prompt_sims]
         sigs = MinHash.bulk(sets, num_perm=num_perm, seed=seed)
         lsh = MinHashLSH(threshold=_candidate_threshold(threshold), num_perm=num_perm)
         for j in range(n):
