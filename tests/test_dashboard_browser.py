@@ -232,7 +232,8 @@ def test_data_new_job_and_side_by_side_playground(tmp_path, browser, tiny_model_
         d.get(srv.url + "/ui/login?next=/ui/data")
         d.find_element("id", "key").send_keys(KEY)
         d.find_element("id", "sign-in").click()
-        wait_for(lambda: d.current_url.endswith("/ui/data"), what="the data page after sign-in")
+        wait_for(lambda: d.current_url.endswith("/ui/data") and d.find_elements("id", "data-file"),
+                 what="the data page after sign-in")
         # data: upload a file with two bad lines; the report names them, the batch marks trained tokens
         d.find_element("id", "data-file").send_keys(str(data))
         d.find_element("id", "data-submit").click()
