@@ -135,8 +135,8 @@ def _kept(t: dict, num) -> str:
         return step
     if on == "val_loss":
         return f"step {step} (lowest validation loss)"
-    score = f" {t['best_score']:.4g}" if is_number(t.get("best_score")) else ""
-    return f"step {step} (best {on}{':' + score if score else ''})"
+    score = f": {t['best_score']:.4g}" if is_number(t.get("best_score")) else ""
+    return f"step {step} (best {on}{score})"
 
 
 def _artifact_items(results: dict) -> list[tuple[str, str]]:

@@ -38,6 +38,11 @@ class TaskScore:
 MIN_EXAMPLES = 8     # fewer validation answers than this say too little to choose a checkpoint by
 
 
+def _answerable(session: Session) -> list:
+    """Validation examples with a prompt to answer and a reference to score the answer against."""
+    return [ex for ex in session.splits.get("validation", []) if ex.messages and ex.reference is not None]
+
+
 def why_not(session: Session) -> str | None:
     """Why the run's checkpoints cannot be chosen on the task metric, or None when they can."""
     r = session.run.recipe
@@ -48,7 +53,7 @@ def why_not(session: Session) -> str | None:
         return f"task {r.task} has no generation metric"
     if not (obj.generates_text and obj.compares_baselines) or hook(obj, "evaluate"):
         return f"objective {r.objective.name} is judged on its own metrics"
-    usable = [ex for ex in session.splits.get("validation", []) if ex.messages and ex.reference is not None]
+    usable = _answerable(session)
     if len(usable) < MIN_EXAMPLES:
         return f"{len(usable)} validation examples with a reference (at least {MIN_EXAMPLES} needed)"
     if "accuracy" in r.metrics() and not session.labels:
@@ -69,8 +74,7 @@ def task_score(session: Session) -> TaskScore | None:
             raise TunesmithError(f"train.select_on task_metric cannot apply: {reason}; use auto or val_loss",
                                  field="train.select_on")
         return None
-    usable = [ex for ex in session.splits["validation"] if ex.messages and ex.reference is not None]
-    sample = usable[: r.train.select_examples]
+    sample = _answerable(session)[: r.train.select_examples]
     probe = metrics.compute(r.metrics(), [sample[0].reference], [sample[0].reference], session.labels)
     return TaskScore(metric=headline(r, {"metrics": probe}), prompts=[ex.prompt_messages for ex in sample],
                      references=[ex.reference for ex in sample], labels=session.labels,

@@ -26,8 +26,7 @@ class LoopState:
     wall_s: float = 0.0           # training time so far
     best_val: float | None = None
     best_step: int = 0
-    best_score: float | None = None   # the task metric of the best step, when checkpoints are chosen on it
-    best_scores: list | None = None   # its per-example scores (the next validations are compared pairwise)
+    best_scores: list | None = None   # the best step's per-example task scores, when checkpoints are chosen on them
     top_scores: list | None = None    # the per-example scores of the best-scoring validation so far
     bad_evals: int = 0            # validations since the last improvement
     early_stopped: bool = False

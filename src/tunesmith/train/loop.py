@@ -275,8 +275,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                         ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
                                            pad_id=pad_id, device=device)
                         scores = task_score(model) if task_score is not None else None
-                        if scores is not None:
-                            ev.update(task_metric=sum(scores) / max(len(scores), 1), task_metric_name=task_score.metric)
+                        if scores:
+                            ev.update(task_metric=statistics.fmean(scores), task_metric_name=task_score.metric)
                     if planned is not None:
                         planned.val_s = time.perf_counter() - tv
                         planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
@@ -289,7 +289,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                         on_eval(state.step, ev)
                     if _improves(state, ev["val_loss"], scores):
                         state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
-                        state.best_score, state.best_scores = ev.get("task_metric"), scores
+                        state.best_scores = scores
                         if ranks.main:
                             checkpoint.save_best(ckpt_root, accelerator.unwrap_model(model))
                     else:
@@ -336,7 +336,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                        distributed={"nproc": ranks.world, "backend": ddp.backend(device),
                                     "rank_weight_spread": spread} if ranks.distributed else None,
                        selected_on=task_score.describe() if task_score is not None else "val_loss",
-                       best_score=state.best_score)
+                       best_score=statistics.fmean(state.best_scores) if state.best_scores else None)
 
 
 def _improves(state: LoopState, val_loss: float, scores: list[float] | None) -> bool:
@@ -347,9 +347,10 @@ def _improves(state: LoopState, val_loss: float, scores: list[float] | None) -> 
     if state.best_val is None:
         return True
     if scores:
-        if _clear_difference(scores, state.best_scores) > 0:
-            return True
-        if _clear_difference(scores, state.best_scores) < 0 or _clear_difference(scores, state.top_scores) < 0:
+        versus_kept = _clear_difference(scores, state.best_scores)
+        if versus_kept:
+            return versus_kept > 0
+        if _clear_difference(scores, state.top_scores) < 0:
             return False
     return val_loss < state.best_val - 1e-4
 
