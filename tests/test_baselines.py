@@ -92,6 +92,7 @@ def test_contamination_finds_copied_and_near_copied_test_items():
     out = contamination.check(train, test, threshold=0.8)
     assert out["contaminated"] == 2 and out["indices"] == [0, 1]
     assert out["items"][0]["similarity"] == 1.0 and out["items"][0]["train_line"] == 8
+    assert out["same_answer"] == 2
 
 
 def test_forgetting_compare_flags_a_perplexity_rise():

@@ -170,6 +170,32 @@ def test_distinct_chats_sharing_a_long_system_prompt_lose_nothing(tmp_path):
     assert contamination.check(splits["train"], splits["test"])["contaminated"] == 0
 
 
+def test_a_question_template_around_a_varying_name_is_not_a_duplicate(tmp_path):
+    """Documentation QA: every question is one sentence template around a different API name (the template
+    shares its line with the name, so it is not a shared line). Only the name and the answer distinguish
+    the examples; a real repeat of one question with a reworded answer is still a near duplicate."""
+    mods = ["os.path", "json", "shutil", "string", "textwrap", "random", "statistics", "pathlib"]
+    verbs = ["Return", "Compute", "Split", "Join", "Copy", "Read", "Write", "Format", "Parse", "Test"]
+    objects = ["the path", "a string", "the file", "the number", "a list", "the mapping", "the value", "the text"]
+    rows = []
+    for i in range(120):
+        name = f"{mods[i % 8]}.{['get', 'set', 'load', 'dump', 'find', 'make'][i % 6]}_{verbs[i % 10].lower()}{i}"
+        answer = f"{verbs[i % 10]} {objects[(i * 7) % 8]} {['once', 'quickly', 'safely', 'lazily'][i % 4]} for item {i}."
+        rows.append({"messages": [
+            {"role": "user", "content": f"In Python's standard library, what does the function `{name}` do? "
+                                        "Answer in one sentence."},
+            {"role": "assistant", "content": answer}]})
+    repeat = dict(rows[5], messages=[rows[5]["messages"][0],
+                                     {"role": "assistant", "content": rows[5]["messages"][1]["content"][:-1] + "!"}])
+    splits, manifest = build_splits(recipe(write(tmp_path / "train.jsonl", rows + [repeat]),
+                                           split={"validation": 0.1, "test": 0.2}))
+    pre = manifest["preprocessing"]
+    assert pre["removed"]["train"] == {"near_duplicate": 1}
+    assert [(e["line"], e["kept_line"]) for e in pre["removal_examples"]["train"]["near_duplicate"]] == [(121, 6)]
+    assert manifest["conflicts"]["count"] == 0
+    assert contamination.check(splits["train"], splits["test"])["contaminated"] == 0
+
+
 # ---- (b) planted duplicates are removed and reported with line numbers --------------------------
 
 def test_planted_exact_and_near_duplicates_are_removed_with_line_numbers(tmp_path):

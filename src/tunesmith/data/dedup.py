@@ -84,10 +84,14 @@ def near_duplicates(texts: list[str], threshold: float = 0.85, num_perm: int = 1
 # pair of examples look alike. The functions below compare examples on their *varying* content:
 # lines found in many examples are left out of the similarity (and replaced by a short marker in
 # the text that decides exact equality, so examples with different shared text are not equal),
-# and the prompt and the answer are compared separately.
+# and the prompt and the answer are compared separately. Prompt text shared *within* a line (a
+# question template around a varying name) is caught by a second condition: two prompts are alike
+# only when their whole similarity text matches at the threshold *and* the shingles found in few
+# prompts (the varying part) still overlap by at least VARYING_MIN.
 
 SHARED_MIN_COUNT = 3        # a line must occur in at least this many examples to count as shared
 MARKER = "§"
+VARYING_MIN = 0.5           # least Jaccard similarity of the varying shingles of two alike prompts
 
 
 @dataclass
@@ -180,6 +184,35 @@ def comparison_texts(examples: list[Example], shared_share: float = 0.3, *,
                     shared=shared)
 
 
+def varying_shingles(sets: list[set], shared_share: float = 0.3, *, min_count: int = SHARED_MIN_COUNT) -> list[set]:
+    """The shingle sets without the shingles found in more than ``shared_share`` of them (and in at least
+    ``min_count``): what is left of a template that varies within one line ("what does the function `X`
+    do?") is its varying part. A set left empty keeps all its shingles (its text is all template)."""
+    df: Counter[bytes] = Counter()
+    for one in sets:
+        df.update(one)
+    need = max(min_count, math.floor(shared_share * len(sets)) + 1)
+    common = {sh for sh, n in df.items() if n >= need}
+    return [(one - common) or one for one in sets] if common else sets
+
+
+class PromptSimilarity:
+    """Similarity of prompts by their shingle sets, with the varying-part condition (see above):
+    ``score(i, j)`` is the whole-text Jaccard when the varying shingles overlap by ``VARYING_MIN``, else 0."""
+
+    def __init__(self, texts: list[str], keys: list[str], shared_share: float, ngram: int):
+        self.sets = [shingles(t, ngram) for t in texts]
+        self.varying = varying_shingles(self.sets, shared_share)
+        self.keys = keys
+
+    def score(self, i: int, j: int) -> float:
+        if self.keys[i] == self.keys[j]:
+            return 1.0
+        if _jaccard(self.varying[i], self.varying[j]) < VARYING_MIN:
+            return 0.0
+        return _jaccard(self.sets[i], self.sets[j])
+
+
 def _candidate_threshold(threshold: float) -> float:
     """The LSH proposes pairs from well below ``threshold`` (the exact Jaccard then decides): at the
     threshold itself an LSH tuned to it misses about half of the true pairs."""
@@ -259,12 +292,12 @@ def find_duplicates(examples: list[Example], threshold: float = 0.85, *, near: b
     def candidates():
         if near:
             from datasketch import MinHash, MinHashLSH  # deferred: importing datasketch is slow
-            sets = {i: shingles(cmp.prompt_sims[i], ngram) for i in unique}
-            sigs = MinHash.bulk((sets[i] for i in unique), num_perm=num_perm, seed=seed)
+            sim = PromptSimilarity(cmp.prompt_sims, pkeys, shared_share, ngram)
+            sigs = MinHash.bulk((sim.sets[i] for i in unique), num_perm=num_perm, seed=seed)
             lsh = MinHashLSH(threshold=_candidate_threshold(threshold), num_perm=num_perm)
             for i, sig in zip(unique, sigs):
                 # LSH proposes, the exact Jaccard of the shingle sets decides (no estimation noise)
-                found = {j: 1.0 if pkeys[i] == pkeys[j] else _jaccard(sets[i], sets[j]) for j in lsh.query(sig)}
+                found = {j: sim.score(i, j) for j in lsh.query(sig)}
                 yield i, {j: s for j, s in found.items() if s >= threshold}
                 lsh.insert(i, sig)
         else:
@@ -314,8 +347,8 @@ def cross_matches(reference: list[Example], queries: list[Example], threshold: f
     lsh = sigs = None
     if near and reference and queries:
         from datasketch import MinHash, MinHashLSH
-        sets = [shingles(p, ngram) for p in cmp.prompt_sims]
-        sigs = MinHash.bulk(sets, num_perm=num_perm, seed=seed)
+        sim = PromptSimilarity(cmp.prompt_sims, pkeys, shared_share, ngram)
+        sigs = MinHash.bulk(sim.sets, num_perm=num_perm, seed=seed)
         lsh = MinHashLSH(threshold=_candidate_threshold(threshold), num_perm=num_perm)
         for j in range(n):
             lsh.insert(j, sigs[j])
@@ -324,7 +357,7 @@ def cross_matches(reference: list[Example], queries: list[Example], threshold: f
         i = n + q
         j, score = exact.get(pkeys[i]), 1.0
         if j is None and lsh is not None:
-            scored = [(_jaccard(sets[i], sets[c]), -c) for c in lsh.query(sigs[i])]
+            scored = [(sim.score(i, c), -c) for c in lsh.query(sigs[i])]
             scored = [s for s in scored if s[0] >= threshold]
             if scored:
                 score, neg = max(scored)

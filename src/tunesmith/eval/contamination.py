@@ -25,7 +25,8 @@ def check(train: list[Example], test: list[Example], threshold: float = 0.8, *, 
     Similarity is over character 5-gram shingles of the normalised input (the raw text of labelled
     data, the prompt of chat data) without the lines shared by more than ``shared_share`` of all
     the examples; exact matches after normalisation always count. ``same_answer`` says whether the
-    matched training item also has the same answer.
+    matched training item also has the same answer; the summary counts those (the items whose answer
+    training could have shown), as a near-identical prompt with another answer leaks no answer.
     """
     matches = cross_matches(train, test, threshold, near=True, shared_share=shared_share, num_perm=num_perm)
     items = [{"test_index": m["index"], "test_line": test[m["index"]].line, "train_line": train[m["ref"]].line,
@@ -35,4 +36,5 @@ def check(train: list[Example], test: list[Example], threshold: float = 0.8, *, 
     items.sort(key=lambda d: -d["similarity"])
     return {"threshold": threshold, "test_items": len(test), "train_items": len(train),
             "contaminated": len(items), "fraction": len(items) / len(test) if test else 0.0,
+            "same_answer": sum(d["same_answer"] for d in items),
             "indices": sorted(d["test_index"] for d in items), "items": items[:listed]}

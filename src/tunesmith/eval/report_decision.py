@@ -144,6 +144,8 @@ def contamination_items(results: dict) -> list[tuple[str, str]]:
         return []
     return [("evaluated items", str(c["test_items"])),
             ("near-duplicates of a training item", f"{c['contaminated']} ({100 * c['fraction']:.1f}%)"),
+            *([("... of which with the training item's answer", str(c["same_answer"]))]
+              if "same_answer" in c else []),
             ("similarity threshold (Jaccard, character 5-grams)", f"{c['threshold']:.2f}")]
 
 
