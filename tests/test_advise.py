@@ -75,3 +75,38 @@ def test_verdict():
     assert not verdict({"base": 0.97, "few_shot": 0.9, "rag": 0.9}, "accuracy")["fine_tune"]
     assert verdict({"base": 0.4, "few_shot": 0.45, "rag": 0.8}, "accuracy")["best_baseline"] == "rag"
     assert verdict({"base": 0.5, "few_shot": 0.6, "rag": 0.55}, "accuracy")["fine_tune"]
+
+
+def test_advise_on_a_label_task_measures_label_safe_answers_and_a_frozen_head(recipe_file):
+    """Labels known: the baselines are also answered label-safe, a linear head is fitted on the frozen base's
+    features, and the recommendation names the label path from those numbers."""
+    out = advise(recipe_file(), sample=8)
+    opts = out["label_options"]
+    assert opts["metric"] == out["metric"]
+    assert set(opts["label_safe"]) == {"base", "few_shot", "rag"}
+    head = opts["linear_probe"]
+    assert head["train_examples"] >= 8 and 0 <= head["score"] <= 1
+    lo, hi = head["interval"]
+    assert lo <= head["score"] <= hi
+    rec = out["recommendation"]
+    assert rec["label_path"] in ("classification head", "SFT, label-safe answers", "SFT")
+    assert any("linear head on the frozen base" in r for r in rec["reasons"])
+    if rec["fine_tune"] and rec["label_path"] == "classification head":
+        from tunesmith.config import load_recipe
+        assert load_recipe(recipe_file(), rec["overrides"]).objective.name == "classification"
+
+
+def test_label_path_follows_the_measured_numbers():
+    from tunesmith.advise import with_label_path
+    rec = {"fine_tune": True, "scores": {"base": 0.4, "few_shot": 0.6}, "reasons": [], "overrides": ["method.name=lora"],
+           "text": "fine-tune with LoRA"}
+
+    def options(safe, head):
+        return {"metric": "accuracy", "label_safe": {"few_shot": {"score": safe, "interval": [0, 1]}},
+                "linear_probe": {"score": head, "interval": [0, 1], "train_examples": 64, "wall_s": 1.0}}
+    head = with_label_path(rec, options(0.62, 0.8))
+    assert head["label_path"] == "classification head" and head["overrides"][-1] == "objective.name=classification"
+    safe = with_label_path(rec, options(0.7, 0.5))
+    assert safe["label_path"] == "SFT, label-safe answers" and safe["overrides"] == ["method.name=lora"]
+    assert with_label_path(rec, options(0.62, 0.5))["label_path"] == "SFT"
+    assert with_label_path(dict(rec, fine_tune=False, overrides=[]), options(0.62, 0.8))["overrides"] == []

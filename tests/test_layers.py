@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 LAYERS: list[set[str]] = [
     {"cli"},
     {"serve", "jobs", "lifecycle.source", "ddp"},
-    {"pipeline", "verify", "sweep", "advise", "chat", "tracking", "runs", "eval.stage", "eval.select", "eval.backward", "lifecycle",
+    {"pipeline", "verify", "sweep", "advise", "chat", "tracking", "runs", "eval.stage", "eval.select", "eval.linear_probe", "eval.backward", "lifecycle",
      "lifecycle.feedback", "lifecycle.drift"},
     {"tuned", "session", "export", "gguf_export"},
     {"objectives"},

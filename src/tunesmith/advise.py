@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import Recipe, load_recipe
 from .errors import TunesmithError
-from .eval.stats import is_fraction, span_text, value_text
+from .eval.stats import gap_text, is_fraction, span_text, value_text
 from .fsutil import atomic_write_json, new_run_dir
 
 # bytes per parameter while training in fp32 with AdamW: weights + grads + two moments
@@ -145,7 +145,7 @@ def recommendation(scores: dict[str, float], key: str, method: dict, *, sample: 
         reasons += [quality["text"], *method["why"]]
     overrides = ([f"method.name={method['method']}"] + ([f"method.r={method['r']}"] if method.get("r") else [])) \
         if fine_tune else []
-    return {"fine_tune": fine_tune, "deploy": None if fine_tune else best, "best_baseline": best,
+    return {"fine_tune": fine_tune, "deploy": None if fine_tune else best, "best_baseline": best, "scores": scores,
             "method": method.get("method") if fine_tune else None, "overrides": overrides,
             "family": method["family"] if fine_tune else "none (prompting)", "text": text, "reasons": reasons}
 
@@ -176,6 +176,7 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
                for k, p in systems.items()}
     key = headline(recipe, results["base"])
     scores = {k: float(v["metrics"].get(key, 0.0)) for k, v in results.items()}
+    labels_out = label_options(recipe, model, tokenizer, splits["train"], tests, systems, labels, key)
     table = systems_table(results, recipe, labels, None,
                           train_references=[ex.reference for ex in splits["train"] if ex.reference is not None])
     rows = {row["system"]: row for row in table["rows"]}
@@ -200,12 +201,14 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
         "baselines": {k: {"score": scores[k], "interval": intervals.get(k), "metrics": v["metrics"],
                           "prompt_tokens": v["generation"]["prompt_tokens"],
                           "latency_s": v["generation"]["per_example_s"]} for k, v in results.items()},
-        "majority": majority,
+        "majority": majority, "label_options": labels_out,
         "machine": {"memory_bytes": memory, "cpus": os.cpu_count()},
         "training_probe": probe, "estimated_training_s": estimate, "budget": budget,
     }
     rec = recommendation(scores, key, choose_method(n_train, params, memory, probe), sample=len(tests),
                          intervals=intervals, majority=majority)
+    if labels_out:
+        rec = with_label_path(rec, labels_out)
     if budget and rec["fine_tune"] and budget["fraction_of_epoch"] < 0.5:
         rec["reasons"].append(budget["text"] + ": the model sees under half the training data once; a longer "
                               "budget (or fewer, shorter examples) is likely to score higher")
@@ -217,6 +220,72 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
     atomic_write_json(folder / "advise.json", out)
     out["path"] = str(folder / "advise.json")
     console.print(f"advice saved to {out['path']}")
+    return out
+
+
+def label_options(recipe: Recipe, model, tokenizer, train: list, tests: list, systems: dict, labels: list | None,
+                  key: str) -> dict | None:
+    """On a label task: the baselines answered with label-safe decoding, and a linear probe of the frozen base
+    (what a classification head starts from), each with its score and 95% interval on the same sample."""
+    from .constrained import MAX_LABELS
+    from .eval import linear_probe
+    from .eval.evaluate import label_safe
+    from .eval.stats import interval, item_stat, resample_weights
+    if not labels or len(labels) > MAX_LABELS:
+        return None
+    refs = [ex.reference for ex in tests]
+    weights = resample_weights(len(tests))
+
+    def scored(preds: list[str], **extra) -> dict | None:
+        stat = item_stat(key, preds, refs, labels)
+        return None if stat is None else {"score": float(stat.point()), "interval": interval(stat, weights), **extra}
+    safe = {}
+    for k, prompts in systems.items():
+        res = label_safe(model, tokenizer, prompts, refs, recipe, labels, title=f"advise {k}")
+        if res and "predictions" in res:
+            safe[k] = scored([p["prediction"] for p in res["predictions"]])
+    fitted = linear_probe.probe(model, tokenizer, train, tests, labels, max_length=recipe.data.max_length,
+                                seed=recipe.train.seed)
+    head = scored(fitted["predictions"], train_examples=fitted["train_examples"], wall_s=fitted["wall_s"]) \
+        if fitted else None
+    if not safe and head is None:
+        return None
+    return {"metric": key, "label_safe": {k: v for k, v in safe.items() if v}, "linear_probe": head}
+
+
+def with_label_path(rec: dict, options: dict) -> dict:
+    """The recommendation with its label path: a classification head when a linear probe of the frozen base
+    already beats every generated answer (free or label-safe) on the sample; SFT answered with label-safe
+    decoding when that beats free generation by 5 points or more; else SFT. The measured numbers are the reasons."""
+    key = options["metric"]
+    top = _top(key)
+    free = rec["scores"]
+    safe = {k: v["score"] for k, v in options["label_safe"].items()}
+    head = options["linear_probe"]
+    best_free, best_safe = max(free.values()), max(safe.values(), default=float("-inf"))
+    lines = []
+    if safe:
+        lines.append("label-safe decoding: " + ", ".join(f"{_NAMES.get(k, k)} {_score_text(key, v)}"
+                                                          for k, v in safe.items()))
+    if head:
+        lines.append(f"a linear head on the frozen base's features (fitted on {head['train_examples']} training "
+                     f"examples in {head['wall_s']:.0f}s) scores {_score_text(key, head['score'], head['interval'])}")
+    if head and head["score"] > max(best_free, best_safe):
+        path, overrides = "classification head", ["objective.name=classification"]
+        lines.append("the head beats every generated answer before any training: train it with the method "
+                     "(objective.name: classification); every answer is a label, with its probability, in one "
+                     "forward pass")
+    elif safe and best_safe >= best_free + 0.05 * top:
+        path, overrides = "SFT, label-safe answers", []
+        lines.append("label-safe decoding beats free generation by "
+                     f"{gap_text(key, best_safe - best_free)}: fine-tune with SFT and answer with label-safe "
+                     "decoding (eval.label_safe, the server's response_format)")
+    else:
+        path, overrides = "SFT", []
+    out = dict(rec, label_path=path, reasons=rec["reasons"] + lines)
+    if rec["fine_tune"]:
+        out["overrides"] = rec["overrides"] + overrides
+        out["text"] = rec["text"] + (f", {path}" if path != "SFT" else "")
     return out
 
 
@@ -264,6 +333,14 @@ def print_advice(out: dict, console) -> None:
         ci = out["majority"].get("interval")
         t.add_row(f"majority class (always {out['majority']['answer']!r})", f"{out['majority']['score']:.3f}",
                   f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—", "—", "—")
+    opts = out.get("label_options") or {}
+    extra = [(f"{_NAMES.get(k, k)}, label-safe", v) for k, v in (opts.get("label_safe") or {}).items()]
+    if opts.get("linear_probe"):
+        extra.append((f"linear head on frozen features ({opts['linear_probe']['train_examples']} examples)",
+                      opts["linear_probe"]))
+    for name, v in extra:
+        ci = v.get("interval")
+        t.add_row(name, f"{v['score']:.3f}", f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—", "—", "—")
     console.print(t)
     probe = out.get("training_probe") or {}
     if out.get("estimated_training_s"):

@@ -167,6 +167,13 @@ class ClassificationObjective:
     # ---- loss ----------------------------------------------------------------------------------
     def logits(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Head logits (float32) at the last non-pad token of each right-padded row."""
+        pooled = self.pooled(model, input_ids, attention_mask)
+        head = self.head(model)
+        return head(pooled.to(head.weight.dtype)).float()
+
+    @staticmethod
+    def pooled(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The feature the head reads: the final hidden state at the last non-pad token of each right-padded row."""
         n = input_ids.shape[1]
         if is_prompt_learning(model):    # the peft wrapper prepends virtual tokens / prefixes itself
             out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
@@ -177,9 +184,7 @@ class ClassificationObjective:
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                               use_cache=False).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        head = self.head(model)
-        return head(pooled.to(head.weight.dtype)).float()
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     def __call__(self, model, batch: dict) -> LossOutput:
         head = self.head(model)
