@@ -117,3 +117,26 @@ def test_resume_keeps_the_plan_recorded_in_the_checkpoint(tokenizer, data, tmp_p
     assert res.time_budget["actual_s"] >= part.time_budget["actual_s"]   # the budget's clock carried over
     lrs = [r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "train"]
     assert len(lrs) == plan and lrs[-1] < 1e-3 * 5e-3
+
+
+def test_validation_spacing_under_a_budget():
+    """eval_every shortens to give about `validations` validations in the planned steps, fewer when they would
+    take over a fifth of the budget (one: only the final validation), never longer than the recipe's eval_every."""
+    assert tb.validation_every(54, 50, 4, val_s=5.0, budget_s=300) == 14          # 4 validations, not 1
+    assert tb.validation_every(54, 10, 4, val_s=5.0, budget_s=300) == 10          # the recipe's is already shorter
+    assert tb.validation_every(54, 50, 4, val_s=30.0, budget_s=300) == 27         # 2 fit in a fifth of 300s
+    assert tb.validation_every(54, 50, 4, val_s=100.0, budget_s=300) == 50        # none fits: eval_every (the final one)
+    assert tb.validation_every(3, 50, 4, val_s=0.0, budget_s=300) == 1
+
+
+def test_a_budgeted_run_with_a_long_eval_every_still_validates_several_times(tokenizer, data, tmp_path):
+    """The default eval_every (50) would leave a short budgeted run one validation, so checkpoint selection
+    would have nothing to choose from; the plan spaces `validations` of them instead."""
+    train_seqs, val = data
+    budgeted = cfg(eval_every=10**6, save_every=10**6)
+    res = train(lora_model(tokenizer), train_seqs, val, SFTObjective(), budgeted, tmp_path,
+                pad_id=tokenizer.pad_token_id)
+    every = res.time_budget["eval_every"]
+    assert every < res.steps
+    evals = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    assert len(evals) >= 3 and evals[-1] == res.steps

@@ -193,13 +193,14 @@ class TrainConfig(_Strict):
                             "autocast where it is clearly faster, fp32 elsewhere; fp16 needs a CUDA GPU. "
                             "Trainable weights and optimizer state stay fp32.")
     frozen_precision: Literal["auto", "fp32"] = Field(
-        "auto", description="`auto`: while training in bf16/fp16, hold the frozen base's linear weights in that "
-                            "precision (less memory, no per-step casts, the same results); their exact fp32 values "
-                            "are restored when training ends. `fp32`: keep them fp32 throughout.")
+        "auto", description="`auto`: while training in bf16/fp16, hold the frozen base's linear weights in that precision "
+        "(less memory, no per-step casts, the same results), exact fp32 restored after training. `fp32`: keep them fp32.")
     time_budget: Duration = Field(
         None, description="Train for about this long (`90s`, `10m`, `1h30m` or seconds): the step count is set "
                           "from the first steps' timing so the LR schedule ends inside it; epochs/max_steps "
                           "stay upper bounds. null: no budget.")
+    validations: int = Field(4, ge=1, le=1000, description="With time_budget: eval_every shortens to give about this "
+                             "many validations over the planned steps, while they take under a fifth of the budget.")
 
 
 class EvalConfig(_Strict):

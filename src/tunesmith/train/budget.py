@@ -16,6 +16,7 @@ WARMUP_STEPS = 1         # untimed first step (allocation, kernel selection)
 TIMED_STEPS = 3          # steps whose mean time sets the plan
 REFINE_STEPS = 12        # steps timed before the plan is corrected once (with validation and save times)
 OVERRUN_STOP = 1.20      # stop outright when the budget is overrun by this factor (the plan was wrong)
+VALIDATION_SHARE = 0.2   # validations (with the task metric) spaced to take at most this share of the budget
 
 
 def plan_steps(*, budget_s: float, elapsed_s: float, done: int, natural: int, step_s: float,
@@ -45,6 +46,15 @@ def plan_steps(*, budget_s: float, elapsed_s: float, done: int, natural: int, st
     return lo
 
 
+def validation_every(total: int, eval_every: int, wanted: int, val_s: float, budget_s: float) -> int:
+    """Steps between validations under a budget: ``eval_every``, shortened so that about ``wanted`` validations
+    fall in ``total`` steps (the kept checkpoint is chosen among them), fewer when ``wanted`` of them
+    (``val_s`` each) would take over :data:`VALIDATION_SHARE` of the budget; one means only the final one."""
+    fit = int(VALIDATION_SHARE * budget_s / val_s) if val_s > 0 else wanted
+    n = max(1, min(wanted, fit))
+    return max(1, min(eval_every, math.ceil(total / n)))
+
+
 class PlannedSchedule:
     """Warmup + cosine / linear / constant LR multiplier over ``total`` steps (the formulas of
     transformers' ``get_*_schedule_with_warmup``), with ``total`` settable once the run is timed.
@@ -65,6 +75,7 @@ class PlannedSchedule:
         self.save_s = None
         self.elapsed_s = 0.0          # training wall time so far (steps, validations, checkpoints)
         self.stopped_over_budget = False
+        self.eval_every = None        # validation spacing chosen with the plan (None: the recipe's eval_every)
 
     def set_total(self, total: int) -> None:
         self.total = max(int(total), 1)
@@ -83,8 +94,9 @@ class PlannedSchedule:
     def report(self) -> dict:
         return {"budget_s": self.budget_s, "natural_steps": self.natural_steps, "planned_steps": self.total,
                 "measured_step_s": self.measured_step_s, "validation_s": self.val_s, "checkpoint_s": self.save_s,
-                "actual_s": round(self.elapsed_s, 3), "stopped_over_budget": self.stopped_over_budget}
+                "actual_s": round(self.elapsed_s, 3), "stopped_over_budget": self.stopped_over_budget,
+                "eval_every": getattr(self, "eval_every", None)}
 
 
-__all__ = ["parse_duration", "plan_steps", "PlannedSchedule", "WARMUP_STEPS", "TIMED_STEPS",
-           "REFINE_STEPS", "OVERRUN_STOP"]
+__all__ = ["parse_duration", "plan_steps", "validation_every", "PlannedSchedule", "WARMUP_STEPS", "TIMED_STEPS",
+           "REFINE_STEPS", "OVERRUN_STOP", "VALIDATION_SHARE"]

@@ -269,7 +269,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
                     total_steps = _budget_replan(planned, state, step_times, cfg, val_seqs, bar)
                 is_last = state.step == total_steps
-                if val_seqs and (state.step % cfg.eval_every == 0 or is_last):
+                every = (getattr(planned, "eval_every", None) if planned is not None else None) or cfg.eval_every
+                if val_seqs and (state.step % every == 0 or is_last):
                     tv = time.perf_counter()
                     with precision.autocast() if held.tensors else nullcontext():   # held weights need it
                         ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
@@ -390,12 +391,17 @@ def _budget_replan(planned: "tb.PlannedSchedule", state: LoopState, step_times: 
         val_s = planned.val_s
         if val_s is None and val_seqs:    # forward only, about a third of a training micro-step per batch
             val_s = math.ceil(len(val_seqs) / cfg.batch_size) * step_s / cfg.grad_accum / 3
-        new = tb.plan_steps(budget_s=planned.budget_s, elapsed_s=planned.elapsed_s, done=state.step,
-                            natural=planned.natural_steps, step_s=step_s, eval_every=cfg.eval_every,
-                            val_s=val_s or 0.0, save_every=cfg.save_every, save_s=planned.save_s or 0.0)
-        if new != planned.total:
+        every = cfg.eval_every
+        for _ in range(2):          # the step count depends on the validations' spacing and back: settle it
+            new = tb.plan_steps(budget_s=planned.budget_s, elapsed_s=planned.elapsed_s, done=state.step,
+                                natural=planned.natural_steps, step_s=step_s, eval_every=every,
+                                val_s=val_s or 0.0, save_every=cfg.save_every, save_s=planned.save_s or 0.0)
+            if val_seqs:
+                every = tb.validation_every(new, cfg.eval_every, cfg.validations, val_s or 0.0, planned.budget_s)
+        if new != planned.total or every != getattr(planned, "eval_every", None):
             bar.note(f"time budget {planned.budget_s:g}s: {new} steps of {step_s:.3g}s planned "
-                     f"(the data and epochs allow {planned.natural_steps})")
+                     f"(the data and epochs allow {planned.natural_steps}), validation every {every} steps")
+        planned.eval_every = every
         planned.planned = True
         planned.set_total(new)
         bar.progress.update(bar.task, total=planned.total)
