@@ -107,7 +107,8 @@ def test_a_full_run_uses_the_cached_base_and_reports_it(small, monkeypatch):
     assert json.loads((run_dir / "eval" / "base.json").read_text())["cached"]["key"]
 
 
-@pytest.mark.parametrize("override", ["eval.max_new_tokens=6", "eval.batch_size=3", "data.split.seed=7"])
+@pytest.mark.parametrize("override", ["eval.max_new_tokens=6", "eval.batch_size=3", "data.split.seed=7",
+                                      "eval.precision=bf16"])
 def test_other_settings_or_data_measure_again(recipe_file, override):
     path = recipe_file(eval={"baselines": [], "max_examples": 6}, forgetting={"general_text": None,
                                                                               "general_prompts": None})
@@ -183,3 +184,15 @@ def test_weights_are_hashed_once_per_file_version(tmp_path):
     weights.write_bytes(b"weights-3")          # same size and mtime (coarse clock), other bytes: still seen
     os.utime(weights, ns=(stamp, stamp))
     assert cache.folder_fingerprint(folder) != second
+
+
+def test_evaluation_runs_and_is_recorded_in_the_precision_asked_for(recipe_file):
+    """eval.precision: bf16 evaluates base, baselines and the tuned model under bf16 autocast and says so."""
+    path = recipe_file(eval={"precision": "bf16", "baselines": ["few_shot"], "few_shot_k": 2, "max_examples": 6},
+                       forgetting={"max_documents": 2, "max_prompts": 2})
+    run_dir = pipeline.run(path, ["train.max_steps=2", "export.check_parity=false", "export.merged=false"])
+    report = json.loads((run_dir / "eval" / "report_data.json").read_text())
+    assert report["eval_precision"] == {"used": "bf16", "requested": "bf16", "reason": "requested"}
+    rows = {r["system"]: r for r in report["systems"]["rows"]}
+    assert {"base", "few_shot", "tuned"} <= set(rows)
+    assert len(json.loads((run_dir / "eval" / "tuned.json").read_text())["predictions"]) == 6

@@ -184,10 +184,8 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Training device.")
     threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores; with nproc, "
                                                                  "per process: the cores divided among them).")
-    nproc: int = Field(1, ge=1, le=1024, description="Processes for data-parallel training (torchrun; gloo on CPU, "
-                                                     "NCCL on CUDA): each trains on its share of every batch, "
-                                                     "gradients are summed, rank 0 writes. Same results as 1 "
-                                                     "process with the same batch size.")
+    nproc: int = Field(1, ge=1, le=1024, description="Processes for data-parallel training (torchrun; gloo on CPU, NCCL "
+        "on CUDA): each trains on its share of every batch, gradients summed, rank 0 writes; results as 1 process.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training compute precision: `auto` probes the device once (cached) and uses bf16 "
                             "autocast where it is clearly faster, fp32 elsewhere; fp16 needs a CUDA GPU. "
@@ -231,6 +229,8 @@ class EvalConfig(_Strict):
         True, description="On label tasks (declared or inferred labels), also answer with label-safe decoding: the "
                           "most probable label string, with the probabilities over the labels; reported beside free "
                           "generation (the headline stays free generation).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description="Evaluation compute precision "
+        "(autocast), chosen as train.precision's; fp32 answers exactly as the fp32 export and server do.")
     cache: bool = Field(
         True, description="Reuse base-model results (zero-shot, few-shot, RAG, forgetting baseline) measured before "
                           "on the same weights, prompts and settings ($TUNESMITH_HOME/eval-cache); false measures again.")

@@ -103,7 +103,21 @@ def measure_general(session: Session, model, title: str) -> dict:
                               text_objective=SFTObjective())
 
 
+def eval_precision(session: Session):
+    """The precision evaluation computes in (``eval.precision``; see ``train.precision``) and why."""
+    import torch
+
+    from ..train.precision import choose
+    return choose(session.run.recipe.eval.precision, torch.device(session.device), "eval.precision")
+
+
 def measure_base(session: Session) -> dict | None:
+    """:func:`measure_base_parts` in the evaluation precision."""
+    with eval_precision(session).autocast():
+        return measure_base_parts(session)
+
+
+def measure_base_parts(session: Session) -> dict | None:
     """Everything measured on the untouched base model (kept in eval/): zero-shot, few-shot, RAG and
     the forgetting baseline. Must run before training changes the base weights in this process.
 
@@ -227,7 +241,15 @@ def _say_reused(hits: list, cache) -> None:
 
 
 def evaluate(session: Session, base_result: dict | None = None, tuned_model=None) -> dict:
-    """Evaluate base and tuned models on the test split; writes eval/*.json and the reports."""
+    """Evaluate base and tuned models on the test split, in the evaluation precision; writes eval/*.json and
+    the reports."""
+    precision = eval_precision(session)
+    with precision.autocast():
+        return evaluate_all(session, precision, base_result, tuned_model)
+
+
+def evaluate_all(session: Session, precision, base_result: dict | None = None, tuned_model=None) -> dict:
+    """:func:`evaluate`'s work, under ``precision`` (recorded in report_data.json)."""
     from .evaluate import compare
     from .report import write_reports
     run, r = session.run, session.run.recipe
@@ -267,7 +289,7 @@ def evaluate(session: Session, base_result: dict | None = None, tuned_model=None
         **decision,
         "lengths": {name: [t.length for t in seqs] for name, seqs in session.seqs.items() if seqs},
         "max_length": r.data.max_length,
-        "lineage": lineage,
+        "lineage": lineage, "eval_precision": precision.as_dict(),
     }
     atomic_write_json(run.eval_dir / "report_data.json", results)
     write_reports(run.path, results)

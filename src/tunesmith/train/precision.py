@@ -176,8 +176,9 @@ def _where(device: torch.device) -> str:
     return "this CPU" if device.type == "cpu" else f"this {device.type.upper()} device"
 
 
-def choose(requested: str, device: torch.device) -> Precision:
-    """The precision to train in for ``train.precision = requested`` on ``device``, and why.
+def choose(requested: str, device: torch.device, field: str = "train.precision") -> Precision:
+    """The precision to compute in for ``field`` (``train.precision``, ``eval.precision``) = ``requested`` on
+    ``device``, and why.
 
     ``$TUNESMITH_PRECISION`` (fp32 | bf16 | fp16) decides what ``auto`` means without probing (e.g. a
     test suite that must compute the same on every machine); an explicit recipe value wins over it."""
@@ -187,23 +188,21 @@ def choose(requested: str, device: torch.device) -> Precision:
         if pinned not in DTYPES:
             raise TunesmithError(f"{ENV}={pinned!r} is not a precision; expected auto, fp32, bf16 or fp16",
                                  field=ENV)
-        chosen = choose(pinned, device)
+        chosen = choose(pinned, device, field)
         return Precision(chosen.used, requested, f"{ENV}={pinned} in the environment", dev)
     if requested == "fp32":
         return Precision("fp32", requested, "requested", dev)
     if requested == "fp16":
         if dev != "cuda":
-            raise TunesmithError(f"train.precision fp16 needs a CUDA GPU (training here is on {dev}); "
-                                 f"use bf16 or auto", field="train.precision")
+            raise TunesmithError(f"{field} fp16 needs a CUDA GPU (this is on {dev}); use bf16 or auto", field=field)
         return Precision("fp16", requested, "requested (fp16 autocast with loss scaling)", dev)
     if requested == "bf16":
         if dev == "cuda" and not torch.cuda.is_bf16_supported():
-            raise TunesmithError(f"train.precision bf16: {torch.cuda.get_device_name(device)} has no bf16 "
-                                 f"support; use fp32, fp16 or auto", field="train.precision")
+            raise TunesmithError(f"{field} bf16: {torch.cuda.get_device_name(device)} has no bf16 "
+                                 f"support; use fp32, fp16 or auto", field=field)
         return Precision("bf16", requested, "requested", dev)
     if requested != "auto":
-        raise TunesmithError(f"unknown train.precision {requested!r}; expected auto, fp32, bf16 or fp16",
-                             field="train.precision")
+        raise TunesmithError(f"unknown {field} {requested!r}; expected auto, fp32, bf16 or fp16", field=field)
     v = probe(device)
     source = f"probe cached in {v['cache']}" if v["cached"] else f"probed now, cached in {v['cache']}"
     if not v["bf16_ok"]:
