@@ -110,3 +110,37 @@ def test_label_path_follows_the_measured_numbers():
     assert safe["label_path"] == "SFT, label-safe answers" and safe["overrides"] == ["method.name=lora"]
     assert with_label_path(rec, options(0.62, 0.5))["label_path"] == "SFT"
     assert with_label_path(dict(rec, fine_tune=False, overrides=[]), options(0.62, 0.8))["overrides"] == []
+
+
+def test_probe_features_with_a_shared_prompt_prefix_match_the_head_input(tiny_model_dir, monkeypatch):
+    """The probe's features, computed with a long shared system prompt run once per batch, equal the
+    classification head's input (each prompt alone, right-padded) within float noise."""
+    import torch
+
+    from tunesmith import models
+    from tunesmith.data.example import Example
+    from tunesmith.eval.linear_probe import features
+    from tunesmith.objectives.classification import ClassificationObjective, ClsItem
+    model, tokenizer = models.load(str(tiny_model_dir))
+    system = "You route messages. " + " ".join(f"label{i} means topic number {i}." for i in range(3))
+    texts = ["good film", "a rather long and winding review of a bad film", "ok", "the best movie this year!"]
+    exs = [Example(messages=[{"role": "system", "content": system}, {"role": "user", "content": t},
+                             {"role": "assistant", "content": "x"}]) for t in texts]
+    from tunesmith import generation
+    real, shared = generation.shared_prefix_batch, []
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        shared.append(out[2] is not None)
+        return out
+    monkeypatch.setattr(generation, "shared_prefix_batch", spy)
+    got = features(model, tokenizer, exs, max_length=512, batch_size=4)
+    assert shared == [True]                      # the system prompt ran once for the batch
+    obj = ClassificationObjective(max_length=512)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    with torch.no_grad():
+        for i, ex in enumerate(exs):
+            batch = obj.collate([ClsItem(obj.prompt_ids(tokenizer, ex.prompt_messages)[0], 0)], pad)
+            want = obj.pooled(model, batch["input_ids"], batch["attention_mask"])[0].numpy()
+            assert abs(got[i] - want).max() < 1e-4 * max(1.0, abs(want).max())
