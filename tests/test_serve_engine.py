@@ -178,6 +178,44 @@ def test_scheduler_batches_by_model_in_arrival_order():
     assert batches == [("a", 4), ("b", 4), ("a", 1)]
 
 
+def test_batches_decode_in_the_serving_precision():
+    """`precision` (here bf16): every batch's forward runs under autocast in the scheduler thread."""
+    seen = []
+
+    class Runner:
+        def run(self, seqs, admit=None):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            for s in seqs:
+                s.accept(0, True, None, None)
+            return len(seqs)
+
+    engine = Engine(lambda model_id: Runner(), max_batch_size=4, batch_wait_ms=0,
+                    compute=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    done = threading.Semaphore(0)
+    engine.submit(GenerationRequest("a", [[1, 2]], SamplingParams(max_tokens=1),
+                                    lambda ev: done.release() if ev.kind in ("finish", "error") else None))
+    engine.start()
+    assert done.acquire(timeout=10)
+    engine.stop()
+    assert seen == [(True, torch.bfloat16)]
+
+
+def test_a_server_in_bf16_answers_and_says_so(tiny_model_dir):
+    import httpx
+
+    from tunesmith.serve import ServeSettings, create_app
+    from tunesmith.serve.background import BackgroundServer
+    settings = ServeSettings(model=str(tiny_model_dir), model_id="tiny-base", api_keys=[], precision="bf16",
+                             default_max_tokens=4, ui=False)
+    with BackgroundServer(create_app(settings)) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", timeout=60,
+                       json={"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+        assert httpx.get(srv.url + "/health").json()["precision"]["used"] == "bf16"
+    with pytest.raises(TunesmithError, match="fp16 needs a CUDA GPU"):
+        create_app(ServeSettings(model=str(tiny_model_dir), api_keys=[], precision="fp16", device="cpu"))
+
+
 def test_engine_reports_load_errors_to_every_request():
     def acquire(model_id):
         raise RuntimeError("weights missing")

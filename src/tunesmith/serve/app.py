@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack, asynccontextmanager
 
+import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import TunesmithError
+from ..train.precision import choose as choose_precision
 from .engine import Engine, Event, GenerationRequest, InvalidParameter, SamplingParams, TokenLogprob
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
@@ -367,8 +369,9 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
         from ..lifecycle.source import VersionsSource
         sources = [*sources, VersionsSource(settings.runs, settings.registry)]
     registry = Registry(settings, sources, metrics)
+    compute = choose_precision(settings.precision, torch.device(settings.resolved_device()), "precision")
     engine = Engine(registry.acquire, max_batch_size=settings.max_batch_size,
-                    batch_wait_ms=settings.batch_wait_ms, metrics=metrics)
+                    batch_wait_ms=settings.batch_wait_ms, metrics=metrics, compute=compute.autocast)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -492,7 +495,7 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
     @app.get("/health")
     async def health():
         return {"status": "ok", "base_model": settings.base_id, "loaded": registry.loaded(),
-                "queue_depth": engine.queue_depth(), "running": engine.running}
+                "queue_depth": engine.queue_depth(), "running": engine.running, "precision": compute.as_dict()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence as Seq
+from contextlib import nullcontext
 
 import torch
 
@@ -280,8 +281,9 @@ class Engine:
     """
 
     def __init__(self, acquire: Callable[[str], object], *, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
-                 metrics=None):
+                 metrics=None, compute: Callable[[], object] = nullcontext):
         self.acquire = acquire
+        self.compute = compute          # context every batch decodes in (the serving precision's autocast)
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.metrics = metrics
@@ -408,7 +410,8 @@ class Engine:
         self.running = len(seqs)
         t0 = time.perf_counter()
         try:
-            generated = runner.run(seqs, lambda free: self._admit(model_id, free, batch))
+            with self.compute():       # autocast state is per thread: entered in the scheduler thread
+                generated = runner.run(seqs, lambda free: self._admit(model_id, free, batch))
         except Exception as e:   # a failure of the whole batch (the model's forward pass)
             for r in batch:
                 r.fail(e)

@@ -39,6 +39,9 @@ class ServeSettings(BaseModel):
     batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="How long the first queued request waits "
                                                                    "for others to batch with.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where models run.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Compute precision of generation (autocast), chosen as train.precision's; fp32 answers "
+                            "exactly as evaluation (eval.precision: fp32) does.")
     default_max_tokens: int = Field(256, ge=1, le=131072, description="Chat reply limit when a request sets none.")
     gguf: bool = Field(True, description="Serve GGUF exports through llama-cpp-python when it is installed.")
     gguf_context: int = Field(4096, ge=64, description="llama.cpp context size for GGUF models.")
