@@ -262,6 +262,29 @@ def test_concurrent_requests_are_batched(client, server):
     assert batches < 4 and singles < batches + 0.5 and batches - singles >= 1    # at least one batch of >1
 
 
+def test_requests_for_different_adapters_of_one_base_share_a_batch(client, server):
+    """The base and its LoRA adapters decode in one batch (peft's mixed-adapter batches: each row names its
+    adapter); every answer is the one its model gives alone."""
+    models = ["alpha-001", "beta-001", "tiny-base", FT_ID]
+    prompt = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog"}]
+    alone = [chat(client, m, messages=prompt, max_tokens=8).choices[0].message.content for m in models]
+    assert alone[0] != alone[1] and alone[0] == alone[3]        # beta's adapter answers differently
+    before = metric_value(httpx.get(server.url + "/metrics").text, "tunesmith_mixed_adapter_batches_total")
+    results: list = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def worker(i):
+        barrier.wait()
+        results[i] = chat(client, models[i], messages=prompt, max_tokens=8).choices[0].message.content
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert results == alone
+    after = metric_value(httpx.get(server.url + "/metrics").text, "tunesmith_mixed_adapter_batches_total")
+    assert after > before                                        # at least one forward pass mixed models
+
+
 def test_guided_choice_answers_only_a_label_alone_streamed_and_batched(client, server):
     labels = ["positive", "negative", "pos", "mixed feelings"]      # "pos" is a prefix of "positive"
     prompts = [[{"role": "user", "content": t}] for t in ("Hi", "The food was cold and bland.", "Great film!")]

@@ -371,7 +371,8 @@ def create_app(settings: ServeSettings, *, sources: Sequence[ModelSource] = (),
     registry = Registry(settings, sources, metrics)
     compute = choose_precision(settings.precision, torch.device(settings.resolved_device()), "precision")
     engine = Engine(registry.acquire, max_batch_size=settings.max_batch_size,
-                    batch_wait_ms=settings.batch_wait_ms, metrics=metrics, compute=compute.autocast)
+                    batch_wait_ms=settings.batch_wait_ms, metrics=metrics, compute=compute.autocast,
+                    group=registry.group)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

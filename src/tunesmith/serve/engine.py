@@ -166,7 +166,8 @@ def _join(a: tuple, b: tuple) -> tuple:
 
 
 def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs: list[GenSequence],
-                 admit: Callable[[int], list[GenSequence]] | None = None, max_rows: int | None = None) -> int:
+                 admit: Callable[[int], list[GenSequence]] | None = None, max_rows: int | None = None,
+                 row_inputs: Callable[[list[GenSequence]], dict] | None = None) -> int:
     """Generate ``seqs`` together: left padding, one prefill, then one token per step for each
     unfinished row with the KV cache; finished or cancelled rows leave the batch at once.
 
@@ -177,10 +178,13 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
     Inputs mirror ``transformers.generate`` (position ids from the attention mask, the mask dropped
     when nothing is padded, logits only for the last position), so greedy decoding gives the same
     tokens as ``tunesmith.generation.generate`` for a single prompt. Returns tokens generated.
+    ``row_inputs(rows)`` adds forward keywords for the rows of each forward pass (e.g. each row's adapter);
+    ``model`` may then be a callable returning the model to call (it can change between passes).
     """
-    device = model_device(model)
+    current = model if row_inputs is not None and not isinstance(model, torch.nn.Module) else (lambda: model)
+    device = model_device(current())
     eos = {int(e) for e in eos_ids}
-    extra = last_logits_only(model)
+    extra = last_logits_only(current())
     max_rows = max_rows or len(seqs)
     generated = 0
 
@@ -207,12 +211,13 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
     def prefill(group: list[GenSequence]):
         ids, mask = _left_pad(group, pad_id, device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = _new_cache(model)
-        return cache, mask, positions, forward(ids, mask, positions, cache)
+        cache = _new_cache(current())
+        return cache, mask, positions, forward(group, ids, mask, positions, cache)
 
-    def forward(ids, mask, positions, cache):
-        return model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
-                     past_key_values=cache, use_cache=True, **extra).logits[:, -1, :].float()
+    def forward(rows, ids, mask, positions, cache):
+        more = row_inputs(rows) if row_inputs is not None else {}
+        return current()(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, **extra, **more).logits[:, -1, :].float()
 
     state = None                 # (cache, mask, last positions) of the live rows
     live: list[GenSequence] = []
@@ -254,7 +259,7 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             last = last + 1
             step = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
-            keep, tokens = advance(live, forward(step, mask, last, cache))
+            keep, tokens = advance(live, forward(live, step, mask, last, cache))
             if len(keep) < len(live):
                 if keep:
                     index = torch.tensor(keep, device=device)
@@ -270,19 +275,21 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
 
 
 class Engine:
-    """One scheduler thread: collects queued requests for the same model (up to ``max_batch_size``
+    """One scheduler thread: collects queued requests of the same group (up to ``max_batch_size``
     rows, waiting up to ``batch_wait_ms`` after the oldest arrived) and generates them together;
-    while the batch runs, newly queued requests for the same model join it between decoding steps
-    (as long as the oldest queued request is for that model).
+    while the batch runs, newly queued requests of the group join it between decoding steps
+    (as long as the oldest queued request is of that group). ``group(model_id)`` (default: the model
+    id itself) puts models that can share a batch together, e.g. LoRA adapters of one base.
 
     ``acquire(model_id)`` (from the registry) returns a runner with ``run(seqs, admit) -> tokens``
-    that decodes a batch; it is only ever called from the scheduler thread, so loading, evicting and
-    switching adapters never race with generation.
+    that decodes a batch (of every model of the first request's group); it is only ever called from
+    the scheduler thread, so loading, evicting and switching adapters never race with generation.
     """
 
     def __init__(self, acquire: Callable[[str], object], *, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
-                 metrics=None, compute: Callable[[], object] = nullcontext):
+                 metrics=None, compute: Callable[[], object] = nullcontext, group: Callable[[str], str] | None = None):
         self.acquire = acquire
+        self.group = group or (lambda model_id: model_id)    # requests of one group decode in one batch
         self.compute = compute          # context every batch decodes in (the serving precision's autocast)
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
@@ -313,9 +320,11 @@ class Engine:
 
     # -- queue
     def submit(self, request: GenerationRequest) -> None:
+        key = self.group(request.model_id)          # outside the lock: it may look the model up
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
+            request.group = key
             self._queue.append(request)
             self._gauge()
             self._cond.notify_all()
@@ -337,14 +346,14 @@ class Engine:
             first = self._queue[0]
             deadline = first.enqueued_at + self.batch_wait_s
             while not self._stopping:
-                rows = sum(len(r.sequences) for r in self._queue if r.model_id == first.model_id)
+                rows = sum(len(r.sequences) for r in self._queue if r.group == first.group)
                 left = deadline - time.perf_counter()
                 if rows >= self.max_batch_size or left <= 0:
                     break
                 self._cond.wait(left)
             batch, rows = [], 0
             for req in list(self._queue):
-                if req.model_id != first.model_id:
+                if req.group != first.group:
                     continue
                 if batch and rows + len(req.sequences) > self.max_batch_size:
                     break
@@ -367,13 +376,13 @@ class Engine:
                     for r in batch:
                         r.fail(e)
 
-    def _admit(self, model_id: str, free: int, batch: list[GenerationRequest]) -> list[GenSequence]:
-        """Queued requests for ``model_id`` that may join the running batch: only while the oldest
-        queued request is for this model (FIFO fairness between models) and only whole requests."""
+    def _admit(self, group: str, free: int, batch: list[GenerationRequest]) -> list[GenSequence]:
+        """Queued requests of ``group`` that may join the running batch: only while the oldest
+        queued request is of this group (FIFO fairness between groups) and only whole requests."""
         taken: list[GenerationRequest] = []
         rows = 0
         with self._cond:
-            while self._queue and self._queue[0].model_id == model_id:
+            while self._queue and self._queue[0].group == group:
                 req = self._queue[0]
                 if req.cancelled:
                     self._queue.pop(0)
@@ -411,7 +420,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             with self.compute():       # autocast state is per thread: entered in the scheduler thread
-                generated = runner.run(seqs, lambda free: self._admit(model_id, free, batch))
+                generated = runner.run(seqs, lambda free: self._admit(batch[0].group, free, batch))
         except Exception as e:   # a failure of the whole batch (the model's forward pass)
             for r in batch:
                 r.fail(e)

@@ -46,6 +46,8 @@ class Metrics:
                                   "Bytes of loaded fine-tuned models counted against the budget.", registry=r)
         self.evictions = Counter("tunesmith_adapter_evictions", "Fine-tuned models evicted (LRU, over budget).",
                                  registry=r)
+        self.mixed_batches = Counter("tunesmith_mixed_adapter_batches", "Forward passes whose rows belong to "
+                                     "several models of one base (mixed-adapter batches).", registry=r)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

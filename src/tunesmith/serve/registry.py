@@ -106,6 +106,38 @@ class Runner:
                                 max(self.max_rows or 0, len(seqs)))
 
 
+MIXABLE = ("lora", "rslora")     # adapters peft decodes in mixed batches (`adapter_names`; not DoRA)
+SHARED_GROUP = "shared-base:"
+BASE_ROWS = "__base__"          # peft's adapter name for rows answered by the base itself
+
+
+class SharedRunner:
+    """Decodes one batch mixing the base and any of its LoRA adapters (peft's mixed-adapter batches): each
+    row names its adapter, loaded on first sight; the adapters of live rows are pinned against eviction."""
+
+    def __init__(self, registry: "Registry"):
+        self.registry = registry
+
+    def run(self, seqs, admit=None) -> int:
+        reg = self.registry
+        names: dict[str, str] = {}
+
+        def row_inputs(rows) -> dict:
+            for s in rows:
+                if s.request.model_id not in names:
+                    names[s.request.model_id] = reg.adapter_name(s.request.model_id)
+            if reg.metrics is not None and len({s.request.model_id for s in rows}) > 1:
+                reg.metrics.mixed_batches.inc()
+            return {"adapter_names": [names[s.request.model_id] for s in rows]} if reg.peft is not None else {}
+        base, _ = reg._base_model()
+        dec = reg.decoder(reg.get(seqs[0].request.model_id))
+        try:
+            return decode_batch(lambda: reg.peft or base, dec, reg._eos(dec, base), reg._pad(dec), seqs, admit,
+                                max(reg.max_rows or 0, len(seqs)), row_inputs=row_inputs)
+        finally:
+            reg.pinned.clear()
+
+
 @dataclass
 class _Loaded:
     info: ModelInfo
@@ -148,6 +180,8 @@ class Registry:
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
         self._loaded_lock = threading.Lock()     # readers (health) vs the engine thread
         self._names = 0
+        self.pinned: set[str] = set()     # ids whose adapters live rows of the running batch use
+        self.shared = SharedRunner(self)
         self._base_path = None
         self._gguf_available: bool | None = None
 
@@ -311,21 +345,54 @@ class Registry:
         return int(n)
 
     # ---- loading (engine thread only) -----------------------------------------------------------------
+    @property
+    def peft(self):
+        """The peft wrapper around the base while any adapter is loaded, else None."""
+        return self._peft
+
+    @staticmethod
+    def mixes(info: ModelInfo) -> bool:
+        return info.kind == "base" or (info.kind == "adapter" and info.method in MIXABLE)
+
+    def group(self, model_id: str) -> str:
+        """The engine's batching group of ``model_id``: the base and its LoRA adapters whose tokenizers decode
+        alike share one (their requests decode together); any other model is a group of its own."""
+        try:
+            info = self.get(model_id)
+            if self.mixes(info):
+                return SHARED_GROUP + self.decoder(info).fingerprint()
+        except Exception:       # unknown or refused ids fail in acquire, with their own error
+            pass
+        return model_id
+
+    def adapter_name(self, model_id: str) -> str:
+        """The peft adapter name of ``model_id``'s rows in a mixed batch (loading it; pinned for the batch)."""
+        info = self.get(model_id)
+        if info.kind == "base":
+            return BASE_ROWS
+        self.pinned.add(model_id)
+        return self.ensure(info).adapter_name
+
     def acquire(self, model_id: str):
         """A runner for ``model_id``, loading it (and evicting others) as needed."""
         info = self.get(model_id)
         if info.refusal():
             raise bad_request(f"model `{info.id}` cannot generate: {info.reason}", param="model",
                               code="model_not_servable")
-        if info.kind == "base":
-            model, _ = self._base_model()
-            dec = self.decoder(info)
-            return Runner(model, dec, self._eos(dec, model), self._pad(dec), self._base_context, self.max_rows)
+        if self.mixes(info):
+            if info.kind == "adapter":
+                self.ensure(info)
+            return self.shared
+        return self.ensure(info).runner
+
+    def ensure(self, info: ModelInfo) -> "_Loaded":
+        """The loaded fine-tuned model ``info`` (loading it, evicting others over the budget, as needed)."""
+        model_id = info.id
         hit = self._loaded.get(model_id)
         if hit is not None and hit.info.weights == info.weights:
             with self._loaded_lock:
                 self._loaded.move_to_end(model_id)
-            return hit.runner
+            return hit
         if hit is not None:       # the same id now points elsewhere (a re-published run)
             self._evict(model_id)
         loaded = {"adapter": self._load_adapter, "separate": self._load_separate,
@@ -333,7 +400,7 @@ class Registry:
         with self._loaded_lock:
             self._loaded[model_id] = loaded
         self._enforce_budget(keep=model_id)
-        return loaded.runner
+        return loaded
 
     def loaded(self) -> dict[str, int]:
         """Loaded fine-tuned models and the bytes each counts against the budget (LRU first)."""
@@ -357,14 +424,6 @@ class Registry:
     def _pad(dec: TokenText) -> int:
         from ..generation import pad_token_id
         return pad_token_id(dec.tokenizer)
-
-    @contextmanager
-    def _base_context(self):
-        if self._peft is None:
-            yield
-        else:
-            with self._peft.disable_adapter():
-                yield
 
     def _load_adapter(self, info: ModelInfo) -> _Loaded:
         from peft import PeftModel
@@ -405,7 +464,9 @@ class Registry:
 
     def _enforce_budget(self, keep: str) -> None:
         while sum(v.nbytes for v in self._loaded.values()) > self.budget and len(self._loaded) > 1:
-            victim = next(k for k in self._loaded if k != keep)
+            victim = next((k for k in self._loaded if k != keep and k not in self.pinned), None)
+            if victim is None:        # every other one serves a row of the running batch
+                break
             self._evict(victim)
         self._gauges()
 

@@ -135,6 +135,7 @@ class GenerationRequest:
             raise ValueError("a request needs at least one prompt and n >= 1")
         params.check()
         self.model_id = model_id
+        self.group = model_id           # the engine's batching group (set when submitted)
         self.params = params
         self.emit = emit
         self.n = n

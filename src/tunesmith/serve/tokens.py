@@ -2,6 +2,8 @@
 encoding (no shared lock; callers bound it with a character limit checked first)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections.abc import Sequence as Seq
 
@@ -43,6 +45,14 @@ class TokenText:
             backend.no_truncation()
         if getattr(backend, "padding", None) is not None:
             backend.no_padding()
+
+    def fingerprint(self) -> str:
+        """What decoding depends on (vocabulary, special tokens): equal for tokenizers that decode alike."""
+        if getattr(self, "_fingerprint", None) is None:
+            tok = self.tokenizer
+            data = json.dumps([sorted(tok.get_vocab().items()), tok.all_special_ids, tok.all_special_tokens])
+            self._fingerprint = hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
+        return self._fingerprint
 
     # -- encoding (any thread, no shared lock)
     def vocab_size(self) -> int:
