@@ -233,3 +233,41 @@ def test_cli_run_with_a_classification_head(recipe_file, tmp_path, tokenizer):
     saved = load_file(str(run / "model" / "cls_head.safetensors"))
     assert not torch.equal(saved["weight"], getattr(initial, HEAD_NAME).weight.detach())
 
+
+
+def test_a_shared_system_prompt_runs_once_with_the_same_head_input_and_gradients(tokenizer, monkeypatch):
+    """Rows sharing a long system prompt (labels listed in it): the prompt runs once per batch, its keys/values
+    repeated; the head's logits, loss and LoRA gradients equal every row computing its whole prompt."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.objectives import classification
+    system = "You sort short reviews into positive or negative. " * 6
+    obj = ClassificationObjective(["negative", "positive"], max_length=512)
+    items = [classification.ClsItem(obj.prompt_ids(tokenizer, [{"role": "system", "content": system},
+                                                               {"role": "user", "content": u}])[0], y)
+             for u, y in [("the movie was fun", 1), ("dull", 0), ("a long and winding tale of woe", 0)]]
+    batch = obj.collate(items, tokenizer.pad_token_id)
+    start = classification.shared_rows_prefix(batch["input_ids"], batch["attention_mask"])
+    assert start >= classification.SHARED_PREFIX_MIN
+    model = get_peft_model(make_model(tokenizer), LoraConfig(r=4, target_modules="all-linear",
+                                                             init_lora_weights=False)).train()
+    obj.attach(model)
+    obj.after_method(model)
+    backbone = model.get_base_model().get_decoder()
+
+    def run():
+        model.zero_grad()
+        calls = []
+        hook = backbone.register_forward_pre_hook(lambda _m, a, kw: calls.append(kw["input_ids"].shape),
+                                                  with_kwargs=True)
+        out = obj(model, batch)
+        out.loss_sum.backward()
+        hook.remove()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, calls
+    shared, grads, calls = run()
+    assert calls == [(1, start), (3, batch["input_ids"].shape[1] - start)]     # the prompt once, then each row
+    monkeypatch.setattr(classification, "SHARED_PREFIX_MIN", 10**9)
+    full, ref, calls = run()
+    assert calls == [tuple(batch["input_ids"].shape)]
+    assert torch.allclose(shared.loss_sum, full.loss_sum, rtol=1e-5) and shared.metrics == full.metrics
+    assert max((grads[k] - ref[k]).abs().max().item() for k in ref) < 1e-5 * max(r.abs().max().item() for r in ref.values())

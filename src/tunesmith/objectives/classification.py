@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TunesmithError
-from .sft import LossOutput, core_model, is_prompt_learning
+from ..generation import SHARED_PREFIX_MIN
+from .sft import LossOutput, core_model, is_prompt_learning, prefix_forward
 
 HEAD_NAME = "tunesmith_cls_head"
 """Attribute name of the head on the core transformers model (a plain submodule, no subclassing)."""
@@ -38,6 +39,18 @@ def hidden_size(model) -> int:
     cfg = core.config.get_text_config(decoder=True) if hasattr(core.config, "get_text_config") else core.config
     size = getattr(cfg, "hidden_size", None)
     return int(size) if size else int(core.get_input_embeddings().embedding_dim)
+
+
+def shared_rows_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Leading tokens every row of a right-padded batch shares, short of each row's last token (whose state
+    the head reads); 0 under ``SHARED_PREFIX_MIN`` or for a single row."""
+    if input_ids.shape[0] < 2:
+        return 0
+    shortest = int(attention_mask.sum(dim=1).min())
+    differs = (input_ids[:, :shortest] != input_ids[:1, :shortest]).any(dim=0)
+    common = int(differs.nonzero()[0]) if bool(differs.any()) else shortest
+    start = min(common, shortest - 1)
+    return start if start >= SHARED_PREFIX_MIN else 0
 
 
 class ClassificationObjective:
@@ -173,18 +186,28 @@ class ClassificationObjective:
 
     @staticmethod
     def pooled(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The feature the head reads: the final hidden state at the last non-pad token of each right-padded row."""
+        """The feature the head reads: the final hidden state at the last non-pad token of each right-padded row.
+
+        A prompt prefix every row shares (a long system prompt listing the labels) runs once, its keys/values
+        repeated for the rows (``sft.prefix_forward``; gradients as if each row had computed it)."""
         n = input_ids.shape[1]
+        last = attention_mask.sum(dim=1) - 1
+        start = 0
         if is_prompt_learning(model):    # the peft wrapper prepends virtual tokens / prefixes itself
             out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                         use_cache=False)
             hidden = out.hidden_states[-1][:, -n:]
         else:
-            backbone = core_model(model).get_decoder()
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                              use_cache=False).last_hidden_state
-        last = attention_mask.sum(dim=1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            core = core_model(model)
+            backbone = core.get_decoder()
+            start = 0 if getattr(core, "is_activation_checkpointing", False) else shared_rows_prefix(
+                input_ids, attention_mask)
+            hidden = prefix_forward(backbone, input_ids, attention_mask, start) if start else None
+            if hidden is None:
+                start = 0
+                hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                  use_cache=False).last_hidden_state
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last - start]
 
     def __call__(self, model, batch: dict) -> LossOutput:
         head = self.head(model)
