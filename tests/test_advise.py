@@ -91,9 +91,7 @@ def test_advise_on_a_label_task_measures_label_safe_answers_and_a_frozen_head(re
     rec = out["recommendation"]
     assert rec["label_path"] in ("classification head", "SFT, label-safe answers", "SFT")
     assert any("linear head on the frozen base" in r for r in rec["reasons"])
-    if rec["fine_tune"] and rec["label_path"] == "classification head":
-        from tunesmith.config import load_recipe
-        assert load_recipe(recipe_file(), rec["overrides"]).objective.name == "classification"
+    assert not any(o.startswith("objective.name") for o in rec["overrides"])     # named, never applied for you
 
 
 def test_label_path_follows_the_measured_numbers():
@@ -105,7 +103,9 @@ def test_label_path_follows_the_measured_numbers():
         return {"metric": "accuracy", "label_safe": {"few_shot": {"score": safe, "interval": [0, 1]}},
                 "linear_probe": {"score": head, "interval": [0, 1], "train_examples": 64, "wall_s": 1.0}}
     head = with_label_path(rec, options(0.62, 0.8))
-    assert head["label_path"] == "classification head" and head["overrides"][-1] == "objective.name=classification"
+    assert head["label_path"] == "classification head" and head["overrides"] == ["method.name=lora"]
+    assert head["text"].endswith(", classification head") and any("objective.name: classification" in r
+                                                                   for r in head["reasons"])
     safe = with_label_path(rec, options(0.7, 0.5))
     assert safe["label_path"] == "SFT, label-safe answers" and safe["overrides"] == ["method.name=lora"]
     assert with_label_path(rec, options(0.62, 0.5))["label_path"] == "SFT"
