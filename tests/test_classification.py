@@ -240,15 +240,15 @@ def test_a_shared_system_prompt_runs_once_with_the_same_head_input_and_gradients
     repeated; the head's logits, loss and LoRA gradients equal every row computing its whole prompt."""
     from peft import LoraConfig, get_peft_model
 
-    from tunesmith.objectives import classification
+    from tunesmith.objectives import classification, sft
     system = "You sort short reviews into positive or negative. " * 6
     obj = ClassificationObjective(["negative", "positive"], max_length=512)
     items = [classification.ClsItem(obj.prompt_ids(tokenizer, [{"role": "system", "content": system},
                                                                {"role": "user", "content": u}])[0], y)
              for u, y in [("the movie was fun", 1), ("dull", 0), ("a long and winding tale of woe", 0)]]
     batch = obj.collate(items, tokenizer.pad_token_id)
-    start = classification.shared_rows_prefix(batch["input_ids"], batch["attention_mask"])
-    assert start >= classification.SHARED_PREFIX_MIN
+    start = sft.rows_prefix(batch["input_ids"], batch["attention_mask"])
+    assert start >= sft.SHARED_PREFIX_MIN
     model = get_peft_model(make_model(tokenizer), LoraConfig(r=4, target_modules="all-linear",
                                                              init_lora_weights=False)).train()
     obj.attach(model)
@@ -266,7 +266,7 @@ def test_a_shared_system_prompt_runs_once_with_the_same_head_input_and_gradients
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, calls
     shared, grads, calls = run()
     assert calls == [(1, start), (3, batch["input_ids"].shape[1] - start)]     # the prompt once, then each row
-    monkeypatch.setattr(classification, "SHARED_PREFIX_MIN", 10**9)
+    monkeypatch.setattr(sft, "SHARED_PREFIX_MIN", 10**9)
     full, ref, calls = run()
     assert calls == [tuple(batch["input_ids"].shape)]
     assert torch.allclose(shared.loss_sum, full.loss_sum, rtol=1e-5) and shared.metrics == full.metrics

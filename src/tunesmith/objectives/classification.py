@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TunesmithError
-from ..generation import SHARED_PREFIX_MIN
-from .sft import LossOutput, core_model, is_prompt_learning, prefix_forward
+from .sft import LossOutput, core_model, is_prompt_learning, prefix_forward, rows_prefix
 
 HEAD_NAME = "tunesmith_cls_head"
 """Attribute name of the head on the core transformers model (a plain submodule, no subclassing)."""
@@ -39,18 +38,6 @@ def hidden_size(model) -> int:
     cfg = core.config.get_text_config(decoder=True) if hasattr(core.config, "get_text_config") else core.config
     size = getattr(cfg, "hidden_size", None)
     return int(size) if size else int(core.get_input_embeddings().embedding_dim)
-
-
-def shared_rows_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
-    """Leading tokens every row of a right-padded batch shares, short of each row's last token (whose state
-    the head reads); 0 under ``SHARED_PREFIX_MIN`` or for a single row."""
-    if input_ids.shape[0] < 2:
-        return 0
-    shortest = int(attention_mask.sum(dim=1).min())
-    differs = (input_ids[:, :shortest] != input_ids[:1, :shortest]).any(dim=0)
-    common = int(differs.nonzero()[0]) if bool(differs.any()) else shortest
-    start = min(common, shortest - 1)
-    return start if start >= SHARED_PREFIX_MIN else 0
 
 
 class ClassificationObjective:
@@ -200,7 +187,7 @@ class ClassificationObjective:
         else:
             core = core_model(model)
             backbone = core.get_decoder()
-            start = 0 if getattr(core, "is_activation_checkpointing", False) else shared_rows_prefix(
+            start = 0 if getattr(core, "is_activation_checkpointing", False) else rows_prefix(
                 input_ids, attention_mask)
             hidden = prefix_forward(backbone, input_ids, attention_mask, start) if start else None
             if hidden is None:

@@ -34,11 +34,22 @@ def shared_prefix(batch: dict) -> int:
     """How many leading tokens every row of a right-padded batch shares without any loss on them
     (the first position with a loss, or where the rows differ, stays out so that its prediction is
     computed per row); 0 when that is under ``SHARED_PREFIX_MIN`` or the batch cannot share."""
-    ids, mask = batch["input_ids"], batch.get("attention_mask")
-    if mask is None or ids.shape[0] < 2:         # packed rows (position_ids) or a single row
+    mask = batch.get("attention_mask")
+    if mask is None:                             # packed rows (position_ids)
+        return 0
+    return rows_prefix(batch["input_ids"], mask, batch["labels"] != IGNORE)
+
+
+def rows_prefix(ids: torch.Tensor, mask: torch.Tensor, trained: torch.Tensor | None = None) -> int:
+    """Leading tokens every row of a right-padded batch shares, short of the first position where the rows
+    differ or (``trained``) one has a loss, which stays per row (so does each row's last token); 0 under
+    ``SHARED_PREFIX_MIN`` or for a single row."""
+    if ids.shape[0] < 2:
         return 0
     shortest = int(mask.sum(dim=1).min())
-    differs = (ids[:, :shortest] != ids[:1, :shortest]).any(dim=0) | (batch["labels"][:, :shortest] != IGNORE).any(dim=0)
+    differs = (ids[:, :shortest] != ids[:1, :shortest]).any(dim=0)
+    if trained is not None:
+        differs |= trained[:, :shortest].any(dim=0)
     common = int(differs.nonzero()[0]) if bool(differs.any()) else shortest
     start = common - 1
     return start if start >= SHARED_PREFIX_MIN else 0

@@ -179,9 +179,9 @@ def decode_batch(model, decoder: TokenText, eos_ids: Seq[int], pad_id: int, seqs
     when nothing is padded, logits only for the last position), so greedy decoding gives the same
     tokens as ``tunesmith.generation.generate`` for a single prompt. Returns tokens generated.
     ``row_inputs(rows)`` adds forward keywords for the rows of each forward pass (e.g. each row's adapter);
-    ``model`` may then be a callable returning the model to call (it can change between passes).
+    ``model`` may be a function returning the model to call (it can change between passes).
     """
-    current = model if row_inputs is not None and not isinstance(model, torch.nn.Module) else (lambda: model)
+    current = (lambda: model) if isinstance(model, torch.nn.Module) else model
     device = model_device(current())
     eos = {int(e) for e in eos_ids}
     extra = last_logits_only(current())
