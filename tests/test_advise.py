@@ -91,7 +91,8 @@ def test_advise_on_a_label_task_measures_label_safe_answers_and_a_frozen_head(re
     rec = out["recommendation"]
     assert rec["label_path"] in ("classification head", "SFT, label-safe answers", "SFT")
     assert any("linear head on the frozen base" in r for r in rec["reasons"])
-    assert not any(o.startswith("objective.name") for o in rec["overrides"])     # named, never applied for you
+    head_advised = "objective.name=classification" in rec["overrides"]
+    assert head_advised == (rec["label_path"] == "classification head" and rec["fine_tune"])
 
 
 def test_label_path_follows_the_measured_numbers():
@@ -103,7 +104,8 @@ def test_label_path_follows_the_measured_numbers():
         return {"metric": "accuracy", "label_safe": {"few_shot": {"score": safe, "interval": [0, 1]}},
                 "linear_probe": {"score": head, "interval": [0, 1], "train_examples": 64, "wall_s": 1.0}}
     head = with_label_path(rec, options(0.62, 0.8))
-    assert head["label_path"] == "classification head" and head["overrides"] == ["method.name=lora"]
+    assert head["label_path"] == "classification head"
+    assert head["overrides"] == ["method.name=lora", "objective.name=classification"]
     assert head["text"].endswith(", classification head") and any("objective.name: classification" in r
                                                                    for r in head["reasons"])
     safe = with_label_path(rec, options(0.7, 0.5))

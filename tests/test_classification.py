@@ -271,3 +271,55 @@ def test_a_shared_system_prompt_runs_once_with_the_same_head_input_and_gradients
     assert calls == [tuple(batch["input_ids"].shape)]
     assert torch.allclose(shared.loss_sum, full.loss_sum, rtol=1e-5) and shared.metrics == full.metrics
     assert max((grads[k] - ref[k]).abs().max().item() for k in ref) < 1e-5 * max(r.abs().max().item() for r in ref.values())
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_probe_folded_into_one_linear_map_gives_the_regressions_probabilities(classes):
+    """``fit_linear`` folds the standardisation into the head's weights: softmax of ``x @ W.T + b`` is
+    scikit-learn's probability for every class (binary included); a class the sample lacks gets ~0."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from tunesmith.objectives.classification import PROBE_C, fit_linear
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 12)) * rng.uniform(0.01, 50, size=12) + rng.normal(size=12) * 10
+    y = [i % classes for i in range(60)]
+    x[np.arange(60), np.array(y)] += 3.0                  # separable-ish along one axis per class
+    weight, bias = fit_linear(x, y, classes + 1)          # one more class than the sample has
+    got = torch.softmax(torch.tensor(x, dtype=torch.float32) @ weight.T + bias, dim=-1).numpy()
+    scaler = StandardScaler().fit(x)
+    want = LogisticRegression(max_iter=2000, C=PROBE_C).fit(scaler.transform(x), y).predict_proba(scaler.transform(x))
+    assert np.abs(got[:, :classes] - want).max() < 1e-3
+    assert got[:, classes].max() < 1e-3
+
+
+def test_the_head_starts_from_a_probe_of_the_untouched_model(tmp_path, tokenizer):
+    """``head_init: probe`` (the default): before the method, the head becomes the linear probe of the base's
+    features, so the untrained model already predicts what the probe fitted; ``random`` keeps the seeded
+    noise. The pipeline calls the hook with the training items."""
+    from tunesmith.tuned import prepare_for_training
+    recipe = make_recipe(tmp_path, name="freeze", top_k_layers=0)
+    assert recipe.objective.head_init == "probe"
+    splits, _ = build_splits(recipe)
+    starts = {}
+    for init in ("probe", "random"):
+        r = recipe.model_copy(deep=True)
+        r.objective.head_init = init
+        obj = objectives.from_recipe(r)
+        items, _ = obj.build(splits, tokenizer, r)
+        model = prepare_for_training(make_model(tokenizer), methods.get("freeze"), obj, r, tokenizer, seqs=items)
+        starts[init] = (obj, model, items)
+    obj, model, items = starts["probe"]
+    assert obj.head_start["init"] == "probe" and obj.head_start["examples"] == len(items["train"])
+    feats = obj.features(model, items["train"], tokenizer.pad_token_id)
+    head = obj.head(model)
+    acc = float(((feats @ head.weight.detach().T + head.bias.detach()).argmax(-1)
+                 == torch.tensor([i.label for i in items["train"]])).float().mean())
+    assert acc == pytest.approx(obj.head_start["train_accuracy"])
+    assert acc > 0.6                                    # the tiny model's features separate some of the words
+    robj, rmodel, _ = starts["random"]
+    assert robj.head_start is None
+    noise = ClassificationObjective(["negative", "positive"]).attach(make_model(tokenizer), None, recipe)
+    assert torch.equal(robj.head(rmodel).weight, getattr(noise, HEAD_NAME).weight)
+    assert not torch.equal(head.weight, robj.head(rmodel).weight)

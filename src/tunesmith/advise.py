@@ -254,11 +254,11 @@ def label_options(recipe: Recipe, model, tokenizer, train: list, tests: list, sy
 
 
 def with_label_path(rec: dict, options: dict) -> dict:
-    """The recommendation with its label path: a classification head when a linear probe of the frozen base
-    already beats every generated answer (free or label-safe) on the sample (named, not put in the overrides:
-    a head trained from scratch under the recipe's budget and learning rate can stay below its probe); SFT
-    answered with label-safe decoding when that beats free generation by 5 points or more; else SFT. The
-    measured numbers are the reasons."""
+    """The recommendation with its label path: a classification head (``objective.name=classification`` in the
+    overrides; the head starts from this probe, ``objective.head_init: probe``) when a linear probe of the
+    frozen base already beats every generated answer (free or label-safe) on the sample; SFT answered with
+    label-safe decoding when that beats free generation by 5 points or more; else SFT. The measured numbers
+    are the reasons."""
     key = options["metric"]
     top = _top(key)
     free = rec["scores"]
@@ -273,11 +273,11 @@ def with_label_path(rec: dict, options: dict) -> dict:
         lines.append(f"a linear head on the frozen base's features (fitted on {head['train_examples']} training "
                      f"examples in {head['wall_s']:.0f}s) scores {_score_text(key, head['score'], head['interval'])}")
     if head and head["score"] > max(best_free, best_safe):
-        path, overrides = "classification head", []
-        lines.append("the head beats every generated answer before any training: try objective.name: "
-                     "classification (every answer a label, with its probability, in one forward pass). Not "
-                     "applied for you: a head trained from scratch needs more steps or a higher learning rate "
-                     "than SFT, so compare its run's report with the SFT run's")
+        path, overrides = "classification head", ["objective.name=classification"]
+        lines.append("the head beats every generated answer before any training: objective.name: classification "
+                     "(every answer a label, with its probability, in one forward pass; the head starts from this "
+                     "probe and trains with the adapter). It answers with its head, not in text: the server "
+                     "cannot serve it as chat")
     elif safe and best_safe >= best_free + 0.05 * top:
         path, overrides = "SFT, label-safe answers", []
         lines.append("label-safe decoding beats free generation by "

@@ -126,6 +126,10 @@ class SFTObjectiveConfig(BaseObjectiveConfig):
 class ClassificationObjectiveConfig(BaseObjectiveConfig):
     names: ClassVar[tuple[str, ...]] = ("classification",)
     name: Literal["classification"] = Field("classification", description="Training objective: a label head.")
+    head_init: Literal["probe", "random"] = Field(
+        "probe", description="`probe`: the head starts as a logistic regression on the frozen base's features of "
+                             "up to `probe_examples` training examples; `random`: small random weights.")
+    probe_examples: int = Field(256, ge=8, le=100_000, description="Training examples the starting probe fits on.")
 
 
 class PreferenceObjectiveConfig(BaseObjectiveConfig):

@@ -57,12 +57,13 @@ def features(model, tokenizer, examples: Sequence[Example], max_length: int, bat
 
 def probe(model, tokenizer, train: Sequence[Example], tests: Sequence[Example], labels: Sequence[str], *,
           max_length: int, max_train: int = 256, seed: int = 0) -> dict | None:
-    """Fit the probe on up to ``max_train`` labelled training examples, answer ``tests``; None when there is
-    too little to fit (under two labels or fewer than 8 examples). Returns the predictions (answer strings, in
+    """Fit the probe (``classification.fit_linear``, the start of a ``head_init: probe`` head) on up to
+    ``max_train`` labelled training examples, answer ``tests``; None when there is too little to fit (under
+    two labels or fewer than 8 examples). Returns the predictions (answer strings, in
     ``tests`` order), the examples fitted on and the wall time."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    import torch
+
+    from ..objectives.classification import fit_linear
     pool = labelled(train, labels)
     if len(pool) > max_train:
         pool = random.Random(seed).sample(pool, max_train)
@@ -71,8 +72,8 @@ def probe(model, tokenizer, train: Sequence[Example], tests: Sequence[Example], 
         return None
     t0 = time.perf_counter()
     x = features(model, tokenizer, list(pool) + list(tests), max_length)
-    fit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-    fit.fit(x[:len(pool)], [ex.reference for ex in pool])
-    preds = [str(p) for p in fit.predict(x[len(pool):])]
+    weight, bias = fit_linear(x[:len(pool)], [classes.index(ex.reference) for ex in pool], len(classes))
+    logits = torch.from_numpy(x[len(pool):]) @ weight.T + bias
+    preds = [classes[int(i)] for i in logits.argmax(dim=-1)]
     return {"predictions": preds, "train_examples": len(pool), "classes": len(classes),
             "wall_s": time.perf_counter() - t0}
