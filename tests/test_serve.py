@@ -315,6 +315,43 @@ def test_guided_choice_answers_only_a_label_alone_streamed_and_batched(client, s
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "guided_choice"
 
 
+def test_a_classification_head_run_answers_with_its_labels(client, server, runs):
+    """A label-head run is served: the reply is the head's most probable label (as ``tunesmith``'s own
+    prediction), its first token's logprob is that label's log-probability and the top alternatives are
+    labels; streamed, sampled (n=3, seeded) and ``guided_choice``-narrowed replies are labels too."""
+    import math
+
+    from tunesmith import objectives
+    from tunesmith.rundir import Run
+    from tunesmith.tuned import load_tuned
+    run = Run(runs["cls"])
+    obj = objectives.from_recipe(run.recipe)
+    obj.load_meta(run.model_dir)
+    model, tok = load_tuned(run, "cpu", objective=obj)
+    prompts = [[{"role": "user", "content": t}] for t in ("Hi", "The food was cold and bland.", "Great film!")]
+    want = obj.predict(model, tok, prompts)
+    for p, w in zip(prompts, want):
+        r = chat(client, "cls-001", messages=p, logprobs=True, top_logprobs=2)
+        c = r.choices[0]
+        assert c.message.content == w["label"] and c.finish_reason == "stop"
+        first = c.logprobs.content[0]
+        assert math.exp(first.logprob) == pytest.approx(w["probabilities"][w["label"]], abs=1e-4)
+        assert [t.token for t in first.top_logprobs][0] == w["label"]
+        assert {t.token for t in first.top_logprobs} <= set(obj.labels)
+        streamed = chat(client, "cls-001", messages=p, stream=True)
+        assert "".join(x.choices[0].delta.content or "" for x in streamed if x.choices) == w["label"]
+    sampled = chat(client, "cls-001", messages=prompts[0], temperature=1.5, n=3, seed=3)
+    assert len(sampled.choices) == 3 and {x.message.content for x in sampled.choices} <= set(obj.labels)
+    assert [x.message.content for x in sampled.choices] == \
+        [x.message.content for x in chat(client, "cls-001", messages=prompts[0], temperature=1.5, n=3, seed=3).choices]
+    other = next(lb for lb in obj.labels if lb != want[0]["label"])
+    narrowed = chat(client, "cls-001", messages=prompts[0], extra_body={"guided_choice": [other, "maybe"]})
+    assert narrowed.choices[0].message.content == other
+    bad = httpx.post(server.url + "/v1/chat/completions",
+                     json={"model": "cls-001", "messages": prompts[0], "guided_choice": ["maybe", "perhaps"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "guided_choice"
+
+
 # ---- errors -------------------------------------------------------------------------------------------------
 
 def _envelope(resp: httpx.Response) -> dict:
@@ -344,9 +381,6 @@ def test_error_envelopes(client, server):
     assert r.status_code == 404 and _envelope(r)["code"] == "not_found"
     r = httpx.get(server.url + "/v1/chat/completions")
     assert r.status_code == 405 and _envelope(r)["code"] == "method_not_allowed"
-    with pytest.raises(openai.BadRequestError) as e:
-        chat(client, "cls-001")
-    assert e.value.code == "model_not_servable" and "classification" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
         chat(client, "alpha-001", messages=[{"role": "user", "content": "word " * 600}])
     assert e.value.code == "context_length_exceeded"

@@ -276,8 +276,7 @@ def with_label_path(rec: dict, options: dict) -> dict:
         path, overrides = "classification head", ["objective.name=classification"]
         lines.append("the head beats every generated answer before any training: objective.name: classification "
                      "(every answer a label, with its probability, in one forward pass; the head starts from this "
-                     "probe and trains with the adapter). It answers with its head, not in text: the server "
-                     "cannot serve it as chat")
+                     "probe and trains with the adapter; the server answers its chat completions with a label)")
     elif safe and best_safe >= best_free + 0.05 * top:
         path, overrides = "SFT, label-safe answers", []
         lines.append("label-safe decoding beats free generation by "

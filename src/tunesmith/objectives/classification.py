@@ -374,6 +374,17 @@ class ClassificationObjective:
         probs = torch.cat(out) if out else torch.zeros((0, len(self.labels or [])))
         return probs, loss
 
+    @torch.inference_mode()
+    def label_logprobs(self, model, prompt_ids: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+        """``(len(prompt_ids), n_labels)`` float32 log-probabilities of the labels for rendered prompts (token ids
+        ending with the generation prompt; left-truncated to ``max_length`` as in training): what a server
+        answers with."""
+        device = next(model.parameters()).device
+        items = [ClsItem(list(ids)[-self.max_length:], 0) for ids in prompt_ids]
+        batch = self.collate(items, pad_id)
+        logits = self.logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        return torch.log_softmax(logits, dim=-1).cpu()
+
     def _as_messages(self, x) -> list[dict]:
         if isinstance(x, str):
             if self.data_cfg is None:

@@ -69,8 +69,8 @@ class ModelInfo:
     """What the server knows about one id without loading weights.
 
     ``kind``: ``base``; ``adapter`` (LoRA-family adapter on the shared base); ``separate`` (its own
-    weights: the merged export, or the run's base with the method's weights loaded on it); ``gguf``
-    (llama.cpp); ``refused`` (listed, but generation answers 400 with ``reason``).
+    weights: the merged export, or the run's base with the method's weights loaded on it); ``classifier``
+    (a label-head run: answers with its labels, ``serve.classifier``); ``gguf`` (llama.cpp); ``refused`` (listed, but generation answers 400 with ``reason``).
     """
 
     id: str
@@ -243,6 +243,7 @@ class Registry:
 
     def _inspect(self, served: ServedModel, run_dir: Path) -> ModelInfo:
         from .. import methods, objectives
+        from ..objectives.base import hook
         info = ModelInfo(served.id, "refused", int(served.created), served.owned_by, run_dir=run_dir,
                          parent=self.settings.base_id)
         layout = Layout(run_dir)
@@ -265,6 +266,8 @@ class Registry:
             return info
         if info.tokenizer_dir is None:
             info.reason = "the run has no saved tokenizer (model/ or export/)"
+        elif not objective.generates_text and hook(objective, "label_logprobs") and layout.model_dir.is_dir():
+            info.kind, info.weights = "classifier", layout.model_dir     # answers with its head's labels
         elif not objective.generates_text:
             info.reason = (f"this run's objective ({info.objective}) predicts with its own head rather than "
                            "generating text; it cannot serve completions")
@@ -336,7 +339,7 @@ class Registry:
         from .. import models
         if info.kind == "separate" and info.weights is not None and (info.weights / "config.json").is_file():
             ref = info.weights
-        elif info.kind == "separate" and info.run_dir is not None:
+        elif info.kind in ("separate", "classifier") and info.run_dir is not None:
             ref = models.resolve(Run(info.run_dir).recipe.model.name)
         else:
             ref = self._base_ref()
@@ -396,7 +399,7 @@ class Registry:
         if hit is not None:       # the same id now points elsewhere (a re-published run)
             self._evict(model_id)
         loaded = {"adapter": self._load_adapter, "separate": self._load_separate,
-                  "gguf": self._load_gguf}[info.kind](info)
+                  "classifier": self._load_classifier, "gguf": self._load_gguf}[info.kind](info)
         with self._loaded_lock:
             self._loaded[model_id] = loaded
         self._enforce_budget(keep=model_id)
@@ -455,6 +458,18 @@ class Registry:
         model, _ = load_tuned(info.run_dir, self.device, prefer_merged=merged, tokenizer=dec.tokenizer)
         return _Loaded(info, _param_bytes(model), Runner(model, dec, self._eos(dec, model), self._pad(dec),
                                                           max_rows=self.max_rows))
+
+    def _load_classifier(self, info: ModelInfo) -> _Loaded:
+        from .. import objectives
+        from ..tuned import load_tuned
+        from .classifier import ClassifierRunner
+        dec = self.decoder(info)
+        run = Run(info.run_dir)
+        objective = objectives.from_recipe(run.recipe)
+        objective.load_meta(run.model_dir)
+        model, _ = load_tuned(run, self.device, tokenizer=dec.tokenizer, objective=objective)
+        return _Loaded(info, _param_bytes(model), ClassifierRunner(model, objective, dec, self._eos(dec, model),
+                                                                   self._pad(dec), self.max_rows))
 
     def _load_gguf(self, info: ModelInfo) -> _Loaded:
         from .gguf_backend import GGUFRunner
