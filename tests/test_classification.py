@@ -218,6 +218,9 @@ def test_cli_run_with_a_classification_head(recipe_file, tmp_path, tokenizer):
         assert main(["run", str(recipe), "objective.name=classification", "method.name=freeze",
                      "method.top_k_layers=0", "train.lr=5e-2"]) == 0
     run = tmp_path / "runs" / "tiny-001"
+    notes = json.loads((run / "train.json").read_text())["objective_notes"]
+    assert notes["head start"].startswith("linear probe of the base on ")
+    assert "Head start" in (run / "report.md").read_text()
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert {"accuracy", "macro_f1"} <= summary["tuned"]["metrics"].keys()
     assert {"accuracy", "macro_f1"} <= summary["base"]["metrics"].keys()     # zero-shot by generation

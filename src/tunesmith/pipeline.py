@@ -11,6 +11,7 @@ from .config import Recipe, load_recipe
 from .data import prepare as data_prepare
 from .errors import TunesmithError
 from .fsutil import atomic_write_json
+from .objectives.base import hook
 from .rundir import Run, as_run
 from .session import Session
 from .train.progress import console
@@ -161,8 +162,9 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
         session.tuned_model = model
         if not ranks.main:            # rank 0 writes train.json and the model
             return run, result
+        notes = hook(session.objective, "training_notes")
         info = {**result.__dict__, "trainable_parameters": trainable, "total_parameters": total,
-                "token_stats": session.token_stats}
+                "token_stats": session.token_stats, "objective_notes": notes() if notes else None}
         atomic_write_json(run.train_json, info)
         if stop_after is not None and result.steps < (result.total_steps or planned_steps(session)):
             return run, result

@@ -124,6 +124,7 @@ def _training_items(results: dict) -> list[tuple[str, str]]:
         ("Tokens processed", num(t.get("train_tokens"))),
         ("Throughput", num(t.get("tokens_per_s"), "{:,.0f} tokens/s")),
         ("Wall time", _duration(t.get("wall_s"))),
+        *((str(k).capitalize(), str(v)) for k, v in (t.get("objective_notes") or {}).items()),
     ]
 
 
@@ -392,7 +393,8 @@ def write_reports(run_dir: str | Path, results: dict) -> tuple[Path, Path]:
                        "base_correct": bool, "tuned_correct": bool}],
          "counts": {"train": int, "validation": int, "test": int, "evaluated": int},
          "training": {"steps": int, "train_tokens": int, "tokens_per_s": float,
-                      "wall_s": float, "best_step": int, "early_stopped": bool},
+                      "wall_s": float, "best_step": int, "early_stopped": bool,
+                      "objective_notes": {str: str} | None},
          "artifacts": {"adapter": str | None, "merged": str | None},
          "flips": {"base_wrong_tuned_right": int, "base_right_tuned_wrong": int}}
 

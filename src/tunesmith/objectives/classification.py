@@ -232,6 +232,14 @@ class ClassificationObjective:
         console.print(f"classification head starts from a linear probe of the base model: {len(train)} training "
                       f"examples, training accuracy {100 * fitted:.1f}%, {self.head_start['wall_s']:.0f}s")
 
+    def training_notes(self) -> dict[str, str]:
+        """How the head started (for ``train.json`` and the report)."""
+        h = self.head_start
+        if h is None:
+            return {"head start": "small random weights (seeded)"}
+        return {"head start": f"linear probe of the base on {h['examples']} training examples (training accuracy "
+                              f"{100 * h['train_accuracy']:.1f}%, {h['wall_s']:.0f}s)"}
+
     def after_method(self, model):
         """Make the head trainable again after the method froze the rest (see the class docs).
 
