@@ -3,13 +3,14 @@ through tunesmith.tuned, for every method x {sft, classification} on the tiny mo
 from __future__ import annotations
 
 import functools
+import io
 
 import pytest
 import torch
 
 from tunesmith import methods, models, objectives, pipeline
 from tunesmith.advise import time_training
-from tunesmith.chat import load_for_chat
+from tunesmith.chat import chat, load_for_chat
 from tunesmith.config import load_recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.methods.base import count_trainable
@@ -84,7 +85,14 @@ def test_every_consumer_sees_the_trained_model(recipe_path, method, objective):
     reference = _logits(evaluated, ids)
     if not objectives.OBJECTIVES[objective].generates_text:
         with pytest.raises(TunesmithError, match="own head"):
-            load_for_chat(run.path)
+            load_for_chat(run.path)               # no text model: `tunesmith chat` and the server use the head
+        info = Registry(ServeSettings(model=recipe.model.name, api_keys=[]), sources=[RunsSource([run.path])])\
+            .get(run.path.name)
+        assert info.kind == "classifier"
+        out = io.StringIO()
+        chat(run.path, stdin=io.StringIO("great film\n/exit\n"), stdout=out)
+        label = out.getvalue().split("label> ")[1].split(" (")[0]
+        assert label in session.objective.labels
         return
     chat_model, _, _ = load_for_chat(run.path)          # no merged export yet: adapter/weights on base
     assert torch.equal(_logits(chat_model, ids), reference)       # also what verify loads (load_tuned)
