@@ -22,6 +22,19 @@ def load_for_chat(run_dir: Path):
     return model, tok, run
 
 
+def typed_lines(stdin, stdout):
+    """The user's non-empty lines, each after a ``you> `` prompt, until /exit, /quit or end of input."""
+    while True:
+        stdout.write("you> ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() in {"/exit", "/quit"}:
+            stdout.write("\n")
+            return
+        if line.strip():
+            yield line.strip()
+
+
 def classify(run_dir: Path, system: str | None, stdin, stdout) -> None:
     """A label-head run: each line is classified on its own (no history); the label, its probability and
     the next two labels are printed."""
@@ -38,17 +51,9 @@ def classify(run_dir: Path, system: str | None, stdin, stdout) -> None:
     stdout.write(f"Classifying with {run.path.name} ({len(objective.labels)} labels: "
                  f"{', '.join(objective.labels[:8])}{', ...' if len(objective.labels) > 8 else ''}). "
                  "Each line is classified on its own; /exit or Ctrl-D quits.\n")
-    while True:
-        stdout.write("you> ")
-        stdout.flush()
-        line = stdin.readline()
-        if not line or line.strip() in {"/exit", "/quit"}:
-            stdout.write("\n")
-            return
-        if not line.strip():
-            continue
+    for text in typed_lines(stdin, stdout):
         messages = ([{"role": "system", "content": system}] if system else []) + \
-            [{"role": "user", "content": line.strip()}]
+            [{"role": "user", "content": text}]
         probs = objective.predict(model, tok, [messages])[0]["probabilities"]
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])
         nxt = ", ".join(f"{lb} {p:.2f}" for lb, p in ranked[1:3])
@@ -70,16 +75,7 @@ def chat(run_dir: Path, max_new_tokens: int = 256, temperature: float = 0.0, sys
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     stdout.write(f"Chatting with {run.path.name} ({run.recipe.method.name} on {run.recipe.model.name}). "
                  "/reset clears the history, /exit or Ctrl-D quits.\n")
-    while True:
-        stdout.write("you> ")
-        stdout.flush()
-        line = stdin.readline()
-        if not line or line.strip() in {"/exit", "/quit"}:
-            stdout.write("\n")
-            return
-        text = line.strip()
-        if not text:
-            continue
+    for text in typed_lines(stdin, stdout):
         if text == "/reset":
             history = history[:1] if system else []
             continue
