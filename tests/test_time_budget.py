@@ -140,3 +140,17 @@ def test_a_budgeted_run_with_a_long_eval_every_still_validates_several_times(tok
     assert every < res.steps
     evals = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
     assert len(evals) >= 3 and evals[-1] == res.steps
+
+
+def test_time_spent_preparing_the_model_counts_against_the_budget(tokenizer, data, tmp_path):
+    """``spent_s`` (a head's probe, fitted before the loop) is part of the budget: with most of it spent the
+    plan is shorter than with none, and ``actual_s`` includes it."""
+    train_seqs, val = data
+    runs = {}
+    for spent in (0.0, BUDGET_S * 0.8):
+        res = train(lora_model(tokenizer), train_seqs, val, SFTObjective(), cfg(), tmp_path / str(spent),
+                    pad_id=tokenizer.pad_token_id, spent_s=spent)
+        runs[spent] = res.time_budget
+    fresh, late = runs[0.0], runs[BUDGET_S * 0.8]
+    assert late["actual_s"] >= BUDGET_S * 0.8
+    assert late["planned_steps"] < fresh["planned_steps"]

@@ -148,8 +148,11 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
     ranks = distributed.current()
     with _failing(run, "train") if ranks.main else nullcontext():
         session = session or Session(run)
-        model = prepare_for_training(session.base_model, session.method, session.objective, r, session.tokenizer,
-                                     calibration=session.calibration(), seqs=session.seqs)
+        base, calibration, seqs = session.base_model, session.calibration(), session.seqs
+        t_prep = time.perf_counter()        # the model's preparation (e.g. a new head's probe) counts in a budget
+        model = prepare_for_training(base, session.method, session.objective, r, session.tokenizer,
+                                     calibration=calibration, seqs=seqs)
+        prep_s = time.perf_counter() - t_prep
         trainable, total = count_trainable(model)
         console.print(f"method {r.method.name}: {trainable:,} of {total:,} parameters trainable "
                       f"({100 * trainable / total:.2f}%) on {session.device}")
@@ -158,7 +161,7 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
             console.print(f"checkpoints chosen on {score.describe()} (train.select_on {r.train.select_on})")
         result = loop_train(model, session.seqs["train"], session.seqs["validation"], session.objective, r.train,
                             run.path, pad_id=session.tokenizer.pad_token_id, resume=resume, stop_after=stop_after,
-                            on_eval=on_eval, on_step=on_step, task_score=score)
+                            on_eval=on_eval, on_step=on_step, task_score=score, spent_s=0.0 if resume else prep_s)
         session.tuned_model = model
         if not ranks.main:            # rank 0 writes train.json and the model
             return run, result

@@ -120,7 +120,8 @@ def plan_micro_batches(n_seqs: int, cfg, seqs) -> list[list[int]]:
 
 def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
           run_dir: Path, *, pad_id: int, resume: bool = False, on_step: Callable | None = None,
-          on_eval: Callable | None = None, stop_after: int | None = None, task_score=None) -> TrainResult:
+          on_eval: Callable | None = None, stop_after: int | None = None, task_score=None,
+          spent_s: float = 0.0) -> TrainResult:
     """Train ``model`` in place with ``objective(model, batch) -> LossOutput``.
 
     The objective's ``collate(items, pad_id)`` (default: SFT token batches) builds batches; each
@@ -134,6 +135,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     ``task_score`` (optional; ``score(model) -> per-example scores``, higher is better, with ``metric`` and
     ``describe()``) is measured at every validation and chooses the kept checkpoint (see :func:`_improves`);
     without it the lowest validation loss does. Early stopping counts validations that do not improve it.
+    ``spent_s``: seconds of ``cfg.time_budget`` already spent preparing the model (e.g. fitting a new head's
+    starting probe); the plan counts them, and ``actual_s`` includes them.
     """
     from torch.optim.lr_scheduler import LambdaLR
     from transformers import get_scheduler
@@ -156,6 +159,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     planned = None          # the time budget's plan: a schedule whose length is set after timing steps
     if cfg.time_budget is not None:
         planned = tb.PlannedSchedule(cfg.scheduler, total_steps, cfg.warmup_ratio, tb.parse_duration(cfg.time_budget))
+        planned.elapsed_s = spent_s        # a resumed run restores its own from the checkpoint
         scheduler = LambdaLR(optimizer, planned)
     else:
         sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
@@ -208,6 +212,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                          f"{held.elements / 1e6:.1f}M values (exact fp32 weights restored afterwards)")
             if ranks.distributed:
                 bar.note(f"data parallel: {ranks.world} processes, each micro-batch split between them")
+            if planned is not None and spent_s >= 1 and not resume:
+                bar.note(f"time budget: {spent_s:.0f}s of it went to preparing the model before training")
             call_t0, elapsed0 = time.perf_counter(), planned.elapsed_s if planned is not None else 0.0
             while state.step < total_steps and not state.early_stopped:
                 t0 = time.perf_counter()
