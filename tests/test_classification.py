@@ -326,3 +326,21 @@ def test_the_head_starts_from_a_probe_of_the_untouched_model(tmp_path, tokenizer
     noise = ClassificationObjective(["negative", "positive"]).attach(make_model(tokenizer), None, recipe)
     assert torch.equal(robj.head(rmodel).weight, getattr(noise, HEAD_NAME).weight)
     assert not torch.equal(head.weight, robj.head(rmodel).weight)
+
+
+def test_under_a_time_budget_the_probe_stops_at_its_share(tmp_path, tokenizer, monkeypatch):
+    """With ``probe_budget_s`` the features stop after the chunk during which the time ran out (at least one
+    chunk), and the head starts from a probe of those items; the record says how many of the sample."""
+    from tunesmith.objectives import classification
+    recipe = make_recipe(tmp_path, n_rows=200, name="freeze", top_k_layers=0)
+    splits, _ = build_splits(recipe)
+    obj = objectives.from_recipe(recipe)
+    assert obj.probe_budget_s is None and obj.probe_examples == 1024
+    items, _ = obj.build(splits, tokenizer, recipe)
+    model = obj.attach(make_model(tokenizer), tokenizer, recipe)
+    monkeypatch.setattr(classification, "PROBE_CHUNK", 16)
+    obj.probe_budget_s = 1e-9                                # out of time after the first chunk
+    obj.before_training(model, items)
+    assert obj.head_start["examples"] == 16 and obj.head_start["sampled"] == len(items["train"]) > 16
+    budgeted = load_recipe({**recipe.model_dump(), "train": {**recipe.train.model_dump(), "time_budget": "2m"}})
+    assert objectives.from_recipe(budgeted).probe_budget_s == pytest.approx(0.3 * 120)

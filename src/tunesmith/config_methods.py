@@ -129,7 +129,8 @@ class ClassificationObjectiveConfig(BaseObjectiveConfig):
     head_init: Literal["probe", "random"] = Field(
         "probe", description="`probe`: the head starts as a logistic regression on the frozen base's features of "
                              "up to `probe_examples` training examples; `random`: small random weights.")
-    probe_examples: int = Field(256, ge=8, le=100_000, description="Training examples the starting probe fits on.")
+    probe_examples: int = Field(1024, ge=8, le=100_000, description="Training examples the starting probe fits on "
+                                                                    "(under train.time_budget, those done in 30% of it).")
 
 
 class PreferenceObjectiveConfig(BaseObjectiveConfig):
