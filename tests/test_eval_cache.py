@@ -196,3 +196,15 @@ def test_evaluation_runs_and_is_recorded_in_the_precision_asked_for(recipe_file)
     rows = {r["system"]: r for r in report["systems"]["rows"]}
     assert {"base", "few_shot", "tuned"} <= set(rows)
     assert len(json.loads((run_dir / "eval" / "tuned.json").read_text())["predictions"]) == 6
+
+
+@pytest.mark.parametrize("override,reused", [("objective.neftune_alpha=5", True),
+                                             ("objective.label_smoothing=0.1", False)])
+def test_training_only_objective_settings_keep_the_cached_base(recipe_file, override, reused):
+    """An objective setting marked train-only (NEFTune noise, a head's probe size) cannot change the base
+    model's evaluation and keeps its cache entry; one that changes the measured loss does not."""
+    path = recipe_file(eval={"baselines": [], "max_examples": 6}, forgetting={"general_text": None,
+                                                                              "general_prompts": None})
+    _measure(path)
+    _, other = _measure(path, [override])
+    assert bool(other["base.json"].get("cached")) is reused

@@ -111,6 +111,18 @@ MethodSection = Annotated[Union[tuple(dict.fromkeys(METHOD_CONFIGS.values()))], 
 
 # ------------------------------------------------------------------------------------ objectives
 
+TRAIN_ONLY = {"train_only": True}
+"""Marks an objective setting that changes only training, never how the base model is evaluated (so it stays
+out of the evaluation cache's key)."""
+
+
+def evaluation_settings(section: _Section) -> dict:
+    """``section``'s settings without those marked ``TRAIN_ONLY`` (what the base model's evaluation depends on)."""
+    fields = type(section).model_fields
+    return {k: v for k, v in section.model_dump(mode="json").items()
+            if not (k in fields and (fields[k].json_schema_extra or {}).get("train_only"))}
+
+
 class BaseObjectiveConfig(_Section):
     """Common base of every objective's config (`name` is the discriminator)."""
     section: ClassVar[str] = "objective"
@@ -120,7 +132,8 @@ class SFTObjectiveConfig(BaseObjectiveConfig):
     names: ClassVar[tuple[str, ...]] = ("sft",)
     name: Literal["sft"] = Field("sft", description="Training objective (loss function).")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy.")
-    neftune_alpha: float | None = Field(None, gt=0, le=1000, description="NEFTune embedding-noise scale (e.g. 5).")
+    neftune_alpha: float | None = Field(None, gt=0, le=1000, description="NEFTune embedding-noise scale (e.g. 5).",
+                                        json_schema_extra=TRAIN_ONLY)
 
 
 class ClassificationObjectiveConfig(BaseObjectiveConfig):
@@ -128,9 +141,11 @@ class ClassificationObjectiveConfig(BaseObjectiveConfig):
     name: Literal["classification"] = Field("classification", description="Training objective: a label head.")
     head_init: Literal["probe", "random"] = Field(
         "probe", description="`probe`: the head starts as a logistic regression on the frozen base's features of "
-                             "up to `probe_examples` training examples; `random`: small random weights.")
+                             "up to `probe_examples` training examples; `random`: small random weights.",
+        json_schema_extra=TRAIN_ONLY)
     probe_examples: int = Field(1024, ge=8, le=100_000, description="Training examples the starting probe fits on "
-                                                                    "(under train.time_budget, those done in 30% of it).")
+                                                                    "(under train.time_budget, those done in 30% of it).",
+                                json_schema_extra=TRAIN_ONLY)
 
 
 class PreferenceObjectiveConfig(BaseObjectiveConfig):

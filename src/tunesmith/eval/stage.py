@@ -1,6 +1,7 @@
 """The evaluation stage: base and tuned task metrics, baselines, forgetting, contamination, the report."""
 from __future__ import annotations
 
+from ..config_methods import evaluation_settings
 from ..fsutil import atomic_write_json
 from ..objectives.base import hook
 from ..session import Session
@@ -202,7 +203,7 @@ def _zero_shot_inputs(session: Session) -> dict | None:
     tasks = session.manifest.get("tasks")
     exs, seqs = (session.splits["test"], session.seqs["test"]) if tasks else session.eval_examples()
     return {**_settings(session), "examples": [_example_key(ex) for ex in exs], "items": list(seqs),
-            "tasks": tasks, "objective": r.objective.model_dump(mode="json"),
+            "tasks": tasks, "objective": evaluation_settings(r.objective),
             "objective_labels": getattr(session.objective, "labels", None),
             "max_examples": r.eval.max_examples, "train_batch_size": r.train.batch_size,
             "data": r.data.model_dump(mode="json") if tasks else None}   # multi-task rebuilds items per task
