@@ -18,7 +18,8 @@ class ClassifierRunner:
     with its own seeded generator) when the request samples. ``guided_choice`` narrows the labels to those it
     names. With ``logprobs`` the reply's first token carries the label's log-probability under the head and its
     ``top_logprobs`` are the most probable labels (label text in place of token text); a label's later tokens
-    carry 0. ``logit_bias`` and the penalties have no tokens to act on and are ignored."""
+    carry 0. ``logit_bias`` and the penalties have no tokens to act on, and ``top_p`` does not cut the labels:
+    all three are ignored."""
 
     def __init__(self, model, objective, decoder: TokenText, eos_ids: list[int], pad_id: int,
                  max_rows: int | None = None):
