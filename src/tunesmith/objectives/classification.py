@@ -268,8 +268,9 @@ class ClassificationObjective:
         h = self.head_start
         if h is None:
             return {"head start": "small random weights (seeded)"}
-        return {"head start": f"linear probe of the base on {h['examples']} training examples (training accuracy "
-                              f"{100 * h['train_accuracy']:.1f}%, {h['wall_s']:.0f}s)"}
+        cut = f" of {h['sampled']} sampled, the time budget's share ran out" if h["examples"] < h["sampled"] else ""
+        return {"head start": f"linear probe of the base on {h['examples']} training examples ({h['wall_s']:.0f}s"
+                              f"{cut}; training accuracy {100 * h['train_accuracy']:.1f}%)"}
 
     def after_method(self, model):
         """Make the head trainable again after the method froze the rest (see the class docs).
