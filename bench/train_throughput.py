@@ -198,7 +198,8 @@ def worker_tunesmith(args) -> dict:
     cfg = TrainConfig(epochs=1, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       lr=args.lr, warmup_ratio=WARMUP_RATIO, scheduler=SCHEDULER, max_grad_norm=MAX_GRAD_NORM,
                       eval_every=10**9, save_every=10**9, early_stopping_patience=None,
-                      gradient_checkpointing=False, seed=SEED, device="cpu", precision=args.tunesmith_precision)
+                      gradient_checkpointing=args.tunesmith_checkpointing, seed=SEED, device="cpu",
+                      precision=args.tunesmith_precision)
     prepare_s = time.perf_counter() - t0
     rss_before, peak_before = _rss_now_mb(), _peak_rss_mb()
     with tempfile.TemporaryDirectory(prefix="bench-tunesmith-") as run_dir:
@@ -235,8 +236,8 @@ def worker_tunesmith(args) -> dict:
         "mean_loss": sum(step_losses) / len(step_losses) if step_losses else None,
         "prepare_s": prepare_s, "rss_before_train_mb": rss_before, "peak_rss_before_train_mb": peak_before,
         "lora_params": lora_params, "shape": shape, "counters": c,
-        **flops(shape, lora_params, c, grad_ckpt=False, head="trained"),
-        "config": {"packing": bool(args.tunesmith_packing), "gradient_checkpointing": False,
+        **flops(shape, lora_params, c, grad_ckpt=args.tunesmith_checkpointing, head="trained"),
+        "config": {"packing": bool(args.tunesmith_packing), "gradient_checkpointing": args.tunesmith_checkpointing,
                    "precision": result.precision["used"], "precision_reason": result.precision["reason"],
                    "mixed_precision": {"bf16": "bf16"}.get(result.precision["used"], "no"),
                    "sequences": len(seqs), "tokenize_stats": stats},
@@ -420,6 +421,8 @@ def _child_cmd(args, name: str, result_path: str) -> list[str]:
         cmd += ["--threads", str(args.threads)]
     if args.tunesmith_packing:
         cmd += ["--tunesmith-packing"]
+    if args.tunesmith_checkpointing:
+        cmd += ["--tunesmith-checkpointing"]
     cmd += ["--tunesmith-precision", args.tunesmith_precision]
     return cmd
 
@@ -508,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct", help="tunesmith model reference")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--tunesmith-packing", action="store_true", help="pack tunesmith's sequences too")
+    p.add_argument("--tunesmith-checkpointing", action="store_true",
+                   help="train.gradient_checkpointing for tunesmith (less memory, no shared-prompt path)")
     p.add_argument("--tunesmith-precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
@@ -553,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": SEED, "loss": "assistant answer only (tunesmith masking; TRL completion_only_loss)",
         "system_prompt": SYSTEM_PROMPT, "instruction": INSTRUCTION, "runs": runs,
         "tunesmith_packing": bool(args.tunesmith_packing),
+        "tunesmith_gradient_checkpointing": bool(args.tunesmith_checkpointing),
     }
     ts, best, default = results.get("tunesmith"), results.get("trl_best"), results.get("trl_default")
     notes = list(NOTES)
