@@ -122,22 +122,21 @@ def test_probe_features_with_a_shared_prompt_prefix_match_the_head_input(tiny_mo
     from tunesmith import models
     from tunesmith.data.example import Example
     from tunesmith.eval.linear_probe import features
+    from tunesmith.objectives import classification
     from tunesmith.objectives.classification import ClassificationObjective, ClsItem
     model, tokenizer = models.load(str(tiny_model_dir))
     system = "You route messages. " + " ".join(f"label{i} means topic number {i}." for i in range(3))
     texts = ["good film", "a rather long and winding review of a bad film", "ok", "the best movie this year!"]
     exs = [Example(messages=[{"role": "system", "content": system}, {"role": "user", "content": t},
                              {"role": "assistant", "content": "x"}]) for t in texts]
-    from tunesmith import generation
-    real, shared = generation.shared_prefix_batch, []
+    real, shared = classification.prefix_forward, []
 
     def spy(*a, **k):
-        out = real(*a, **k)
-        shared.append(out[2] is not None)
-        return out
-    monkeypatch.setattr(generation, "shared_prefix_batch", spy)
+        shared.append(a[3])
+        return real(*a, **k)
+    monkeypatch.setattr(classification, "prefix_forward", spy)
     got = features(model, tokenizer, exs, max_length=512, batch_size=4)
-    assert shared == [True]                      # the system prompt ran once for the batch
+    assert len(shared) == 1 and shared[0] > 20         # the system prompt ran once for the batch
     obj = ClassificationObjective(max_length=512)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()

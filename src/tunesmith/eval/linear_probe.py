@@ -24,35 +24,14 @@ def labelled(examples: Sequence[Example], labels: Sequence[str]) -> list[Example
 
 
 def features(model, tokenizer, examples: Sequence[Example], max_length: int, batch_size: int = 8) -> np.ndarray:
-    """``(len(examples), hidden)`` float32 features: the head's input for each example's prompt.
-
-    A prompt prefix every row of a batch shares (a long system prompt) runs once and its keys/values are
-    repeated (``generation.shared_prefix_batch``); the rows are padded between the prefix and their own part,
-    with positions from the mask, so each row's last-token state is the one it has alone."""
-    import torch
-
-    from ..generation import inference, model_device, pad_token_id, shared_prefix_batch
-    from ..objectives.classification import ClassificationObjective
-    from ..objectives.sft import core_model
+    """``(len(examples), hidden)`` float32 features: the head's input for each example's prompt, as the
+    classification objective computes it (``ClassificationObjective.features``: a prompt prefix every row of a
+    batch shares runs once)."""
+    from ..generation import pad_token_id
+    from ..objectives.classification import ClassificationObjective, ClsItem
     objective = ClassificationObjective(max_length=max_length)
-    ids = [objective.prompt_ids(tokenizer, ex.prompt_messages)[0] for ex in examples]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))         # similar lengths share a batch
-    out: np.ndarray | None = None
-    pad, device = pad_token_id(tokenizer), model_device(model)
-    decoder = core_model(model).get_decoder()
-    with inference(model, tokenizer), torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            batch, mask, cache = shared_prefix_batch(model, [ids[r] for r in rows], pad, device)
-            done = cache.get_seq_length() if cache is not None else 0
-            hidden = decoder(input_ids=batch[:, done:], attention_mask=mask, past_key_values=cache,
-                             position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, done:],
-                             use_cache=cache is not None).last_hidden_state
-            pooled = hidden[:, -1].float().cpu().numpy()        # rows end at the right edge (padded inside)
-            if out is None:
-                out = np.zeros((len(ids), pooled.shape[1]), dtype=np.float32)
-            out[rows] = pooled
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+    items = [ClsItem(objective.prompt_ids(tokenizer, ex.prompt_messages)[0], 0) for ex in examples]
+    return objective.features(model, items, pad_token_id(tokenizer), batch_size).numpy()
 
 
 def probe(model, tokenizer, train: Sequence[Example], tests: Sequence[Example], labels: Sequence[str], *,
