@@ -415,14 +415,8 @@ def _child_cmd(args, name: str, result_path: str) -> list[str]:
            "--examples", str(args.examples), "--max-length", str(args.max_length),
            "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum),
            "--rank", str(args.rank), "--lr", str(args.lr), "--model", args.model]
-    if args.steps:
-        cmd += ["--steps", str(args.steps)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    if args.tunesmith_packing:
-        cmd += ["--tunesmith-packing"]
-    if args.tunesmith_checkpointing:
-        cmd += ["--tunesmith-checkpointing"]
+    cmd += [x for k in ("steps", "threads") if getattr(args, k) for x in (f"--{k}", str(getattr(args, k)))]
+    cmd += [f"--tunesmith-{k}" for k in ("packing", "checkpointing") if getattr(args, f"tunesmith_{k}")]
     cmd += ["--tunesmith-precision", args.tunesmith_precision]
     return cmd
 
