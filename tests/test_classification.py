@@ -329,8 +329,8 @@ def test_the_head_starts_from_a_probe_of_the_untouched_model(tmp_path, tokenizer
 
 
 def test_under_a_time_budget_the_probe_stops_at_its_share(tmp_path, tokenizer, monkeypatch):
-    """With ``probe_budget_s`` the features stop after the chunk during which the time ran out (at least one
-    chunk), and the head starts from a probe of those items; the record says how many of the sample."""
+    """With ``probe_budget_s`` the features stop before a chunk that would pass it (judged by the mean chunk so
+    far; at least one chunk), and the head starts from a probe of those items; the record says how many of the sample."""
     from tunesmith.objectives import classification
     recipe = make_recipe(tmp_path, n_rows=200, name="freeze", top_k_layers=0)
     splits, _ = build_splits(recipe)

@@ -154,3 +154,23 @@ def test_time_spent_preparing_the_model_counts_against_the_budget(tokenizer, dat
     fresh, late = runs[0.0], runs[BUDGET_S * 0.8]
     assert late["actual_s"] >= BUDGET_S * 0.8
     assert late["planned_steps"] < fresh["planned_steps"]
+
+
+class SlowSFT(SFTObjective):
+    """Training steps that each take a large share of the budget (long inputs on a slow machine)."""
+    def __call__(self, model, batch):
+        if model.training:
+            time.sleep(BUDGET_S / 8)
+        return super().__call__(model, batch)
+
+
+def test_slow_steps_are_planned_as_soon_as_they_take_a_tenth_of_the_budget(tokenizer, data, tmp_path):
+    """With steps of an eighth of the budget, waiting for 1 + TIMED_STEPS steps before planning would spend half
+    of it measuring; the plan is made after the first step (a tenth already) and the run ends near the budget."""
+    train_seqs, val = data
+    res = train(lora_model(tokenizer), train_seqs, val[:4], SlowSFT(), cfg(eval_every=10**6, save_every=10**6),
+                tmp_path, pad_id=tokenizer.pad_token_id)
+    b = res.time_budget
+    assert b["planned_at_step"] == 1
+    assert b["measured_step_s"] >= BUDGET_S / 8
+    assert res.steps <= 8 and b["actual_s"] <= BUDGET_S * 1.1 + SLACK_S

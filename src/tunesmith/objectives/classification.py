@@ -194,8 +194,8 @@ class ClassificationObjective:
     def features(self, model, items: Sequence[ClsItem], pad_id: int, batch_size: int = 8,
                  max_s: float | None = None) -> torch.Tensor:
         """``(n, hidden)`` float32: the head's input (``pooled``) for the first ``n`` items, in eval mode without
-        gradients; ``n`` is all of them, or with ``max_s`` the items done (whole chunks of ``PROBE_CHUNK``, at
-        least one) when that many seconds have passed. Within a chunk, batches group similar lengths and a
+        gradients; ``n`` is all of them, or with ``max_s`` the items of the whole chunks of ``PROBE_CHUNK`` (at least
+        one) that fit in that many seconds, judging the next chunk by the mean one so far. Within a chunk, batches group similar lengths and a
         shared system prompt runs once per batch."""
         out: list[torch.Tensor] = []
         was_training = model.training
@@ -205,8 +205,9 @@ class ClassificationObjective:
         try:
             with torch.no_grad():
                 for lo in range(0, len(items), PROBE_CHUNK):
-                    if max_s is not None and out and time.perf_counter() - t0 >= max_s:
-                        break
+                    spent = time.perf_counter() - t0
+                    if max_s is not None and out and spent + spent / len(out) > max_s:
+                        break       # the next chunk (as long as the mean one so far) would pass max_s
                     chunk = list(range(lo, min(lo + PROBE_CHUNK, len(items))))
                     order = sorted(chunk, key=lambda i: items[i].length)
                     feats = torch.zeros((len(chunk), hidden_size(model)))

@@ -15,6 +15,8 @@ from ..config import parse_duration
 WARMUP_STEPS = 1         # untimed first step (allocation, kernel selection)
 TIMED_STEPS = 3          # steps whose mean time sets the plan
 REFINE_STEPS = 12        # steps timed before the plan is corrected once (with validation and save times)
+EARLY_SHARE = 0.1        # slow steps: plan as soon as the steps so far took this share of the budget
+EARLY_REFINE_SHARE = 0.3  # ... and correct the plan once they took this share
 OVERRUN_STOP = 1.20      # stop outright when the budget is overrun by this factor (the plan was wrong)
 VALIDATION_SHARE = 0.2   # validations (with the task metric) spaced to take at most this share of the budget
 
@@ -76,6 +78,7 @@ class PlannedSchedule:
         self.elapsed_s = 0.0          # training wall time so far (steps, validations, checkpoints)
         self.stopped_over_budget = False
         self.eval_every = None        # validation spacing chosen with the plan (None: the recipe's eval_every)
+        self.planned_at = None        # the step after which the plan was made
 
     def set_total(self, total: int) -> None:
         self.total = max(int(total), 1)
@@ -95,8 +98,8 @@ class PlannedSchedule:
         return {"budget_s": self.budget_s, "natural_steps": self.natural_steps, "planned_steps": self.total,
                 "measured_step_s": self.measured_step_s, "validation_s": self.val_s, "checkpoint_s": self.save_s,
                 "actual_s": round(self.elapsed_s, 3), "stopped_over_budget": self.stopped_over_budget,
-                "eval_every": getattr(self, "eval_every", None)}
+                "eval_every": getattr(self, "eval_every", None), "planned_at_step": getattr(self, "planned_at", None)}
 
 
 __all__ = ["parse_duration", "plan_steps", "validation_every", "PlannedSchedule", "WARMUP_STEPS", "TIMED_STEPS",
-           "REFINE_STEPS", "OVERRUN_STOP", "VALIDATION_SHARE"]
+           "REFINE_STEPS", "EARLY_SHARE", "EARLY_REFINE_SHARE", "OVERRUN_STOP", "VALIDATION_SHARE"]

@@ -376,10 +376,12 @@ def _clear_difference(scores: list[float], other: list[float] | None) -> int:
 def _budget_refine(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,
                    bar) -> int:
     """Correct the plan once, as soon as a checkpoint save, (with validation data) a validation and
-    :data:`budget.REFINE_STEPS` steps were timed; a run resumed after that keeps the plan its checkpoint recorded."""
+    :data:`budget.REFINE_STEPS` steps (or, when steps are slow, :data:`budget.EARLY_REFINE_SHARE` of the budget's
+    worth of them) were timed; a run resumed after that keeps the plan its checkpoint recorded."""
     if planned.planned and not planned.refined and planned.save_s is not None \
             and (planned.val_s is not None or not val_seqs) \
-            and len(step_times) - tb.WARMUP_STEPS >= tb.REFINE_STEPS:
+            and (len(step_times) - tb.WARMUP_STEPS >= tb.REFINE_STEPS
+                 or sum(step_times) >= tb.EARLY_REFINE_SHARE * planned.budget_s):
         planned.refined = True
         return _budget_replan(planned, state, step_times, cfg, val_seqs, bar, force=True)
     return planned.total
@@ -388,11 +390,15 @@ def _budget_refine(planned: "tb.PlannedSchedule", state: LoopState, step_times: 
 def _budget_replan(planned: "tb.PlannedSchedule", state: LoopState, step_times: list[float], cfg, val_seqs,
                    bar, force: bool = False) -> int:
     """The run's step count under the time budget after this step: planned once the first steps are
-    timed (the first of this call untimed), corrected once (``force``, see :func:`_budget_refine`), and cut short
+    timed (the first of this call untimed; when steps are slow, as soon as they took :data:`budget.EARLY_SHARE`
+    of the budget, from what was timed, the untimed step alone if need be: waiting for more would spend the
+    budget on measuring it), corrected once (``force``, see :func:`_budget_refine`), and cut short
     when the run overruns the budget by :data:`budget.OVERRUN_STOP`. Returns the (new) total."""
     timed = step_times[tb.WARMUP_STEPS:]
-    if (not planned.planned and len(timed) >= tb.TIMED_STEPS) or (force and planned.planned):
-        step_s = sum(timed) / len(timed) if timed else planned.measured_step_s
+    slow = bool(step_times) and sum(step_times) >= tb.EARLY_SHARE * planned.budget_s
+    if (not planned.planned and (len(timed) >= tb.TIMED_STEPS or slow)) or (force and planned.planned):
+        measured = timed or step_times
+        step_s = sum(measured) / len(measured) if measured else planned.measured_step_s
         planned.measured_step_s = step_s
         val_s = planned.val_s
         if val_s is None and val_seqs:    # forward only, about a third of a training micro-step per batch
@@ -408,6 +414,8 @@ def _budget_replan(planned: "tb.PlannedSchedule", state: LoopState, step_times: 
             bar.note(f"time budget {planned.budget_s:g}s: {new} steps of {step_s:.3g}s planned "
                      f"(the data and epochs allow {planned.natural_steps}), validation every {every} steps")
         planned.eval_every = every
+        if not planned.planned:
+            planned.planned_at = state.step
         planned.planned = True
         planned.set_total(new)
         bar.progress.update(bar.task, total=planned.total)
