@@ -195,7 +195,7 @@ def test_stray_partial_checkpoints_are_cleaned_at_save(tokenizer, tmp_path):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     random.seed(1)
-    saved = checkpoint.save(root, model, opt, sched, checkpoint.LoopState(step=4))
+    saved = checkpoint.save(root, trainable_state(model), opt.state_dict(), sched, checkpoint.LoopState(step=4))
     assert sorted(p.name for p in root.iterdir()) == ["step-000004"]
     assert checkpoint.latest_intact(root) == saved and checkpoint.latest_step(root) == 4
     assert checkpoint.latest(root) == saved

@@ -186,6 +186,10 @@ class TrainConfig(_Strict):
                                                                  "per process: the cores divided among them).")
     nproc: int = Field(1, ge=1, le=1024, description="Processes for data-parallel training (torchrun; gloo on CPU, NCCL "
         "on CUDA): each trains on its share of every batch, gradients summed, rank 0 writes; results as 1 process.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With nproc > 1: `ddp` keeps a whole copy of the model on every process; `fsdp` shards every "
+        "weight, gradient and optimizer state across them (torch FSDP2, one unit per transformer block), for models "
+        "that do not fit one device. Same results either way.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training compute precision: `auto` probes the device once (cached) and uses bf16 "
                             "autocast where it is clearly faster, fp32 elsewhere; fp16 needs a CUDA GPU. "

@@ -37,6 +37,17 @@ def prepare_for_training(model, method, objective, recipe, tokenizer, *, calibra
     return model
 
 
+def rebuilt(recipe, method, objective, tokenizer, weights: dict, device, *, calibration=None):
+    """The model as trained, whole, on a freshly loaded base: :func:`prepare_for_training` (without the
+    objective's pass over the data: its result is among ``weights``) with the trained weights loaded. For
+    saving a model whose training copy was split across processes."""
+    from .methods.base import load_trainable_state
+    base, _ = models.load(recipe.model.name, device=device, trust_remote_code=recipe.model.trust_remote_code)
+    model = prepare_for_training(base, method, objective, recipe, tokenizer, calibration=calibration)
+    load_trainable_state(model, weights)
+    return model
+
+
 def load_tuned(run: "str | Path | Run", device: str | None = None, *, prefer_merged: bool = False,
                tokenizer=None, objective=None):
     """``(model, tokenizer)`` of a trained run: the method's adapter/weights (and the objective's own

@@ -15,7 +15,7 @@ import torch
 from ..errors import TunesmithError
 from ..fsutil import atomic_write_json, publish_dir, sha256_file
 from ..rundir import read_json
-from ..methods.base import load_tensors, load_trainable_state, save_tensors, trainable_state
+from ..methods.base import load_tensors, save_tensors
 
 
 @dataclass
@@ -60,18 +60,20 @@ def clean_partial(ckpt_root: Path) -> list[str]:
     return removed
 
 
-def save(ckpt_root: Path, model, optimizer, scheduler, state: LoopState, keep: int = 2) -> Path:
+def save(ckpt_root: Path, weights: dict, optimizer_state: dict, scheduler, state: LoopState, keep: int = 2) -> Path:
     """Write ``ckpt_root/step-NNNNNN`` via a temporary folder renamed into place; keep the newest ``keep``.
 
-    The manifest (each file's size and sha256) is written last inside the temporary folder, so a
-    checkpoint whose files do not match it was damaged after it was published."""
+    ``weights`` are the trainable parameters by name, ``optimizer_state`` the optimizer's state dict (whole
+    ones: gathered from the ranks when they hold parts). The manifest (each file's size and sha256) is
+    written last inside the temporary folder, so a checkpoint whose files do not match it was damaged after
+    it was published."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     clean_partial(ckpt_root)
     final = _step_dir(ckpt_root, state.step)
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
     tmp.mkdir()
-    save_tensors(trainable_state(model), tmp / TRAINABLE)
-    extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    save_tensors(weights, tmp / TRAINABLE)
+    extra = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
              "torch_rng": torch.get_rng_state(), "python_rng": _python_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         extra["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -160,14 +162,15 @@ def saved_steps(ckpt_root: Path) -> dict[int, Path]:
     return out
 
 
-def restore(path: Path, model, optimizer, scheduler) -> LoopState:
-    load_trainable_state(model, load_tensors(path / TRAINABLE))
+def restore(path: Path, scheduler) -> tuple[LoopState, dict, dict]:
+    """The checkpoint at ``path``: its loop state, trainable weights and optimizer state (for the caller to
+    load, whole or as each rank's part); the scheduler and the RNG states are restored here."""
+    weights = load_tensors(path / TRAINABLE)
     try:
         extra = _load_extra(path / OPTIMIZER)
     except pickle.UnpicklingError as e:
         raise TunesmithError(f"the optimizer state holds objects that are not plain tensors or values; "
                              f"refusing to unpickle it ({str(e).splitlines()[0]})", file=str(path / OPTIMIZER)) from None
-    optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])
     version, internal, gauss = extra["python_rng"]
@@ -178,7 +181,7 @@ def restore(path: Path, model, optimizer, scheduler) -> LoopState:
     state = read_json(path / STATE)
     if state is None:
         raise TunesmithError("checkpoint state is unreadable", file=str(path / STATE))
-    return LoopState(**state)
+    return LoopState(**state), weights, extra["optimizer"]
 
 
 def _python_rng_state() -> list:
@@ -190,14 +193,13 @@ def _load_extra(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def save_best(ckpt_root: Path, model) -> None:
+def save_best(ckpt_root: Path, weights: dict) -> None:
+    """Keep ``weights`` (trainable parameters by name) as the best validation's."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    save_tensors(trainable_state(model), ckpt_root / BEST)
+    save_tensors(weights, ckpt_root / BEST)
 
 
-def load_best(ckpt_root: Path, model) -> bool:
+def best_weights(ckpt_root: Path) -> dict | None:
+    """The best validation's trainable weights, None when no validation kept any."""
     path = ckpt_root / BEST
-    if not path.is_file():
-        return False
-    load_trainable_state(model, load_tensors(path))
-    return True
+    return load_tensors(path) if path.is_file() else None

@@ -86,6 +86,23 @@ def reduce_gradients(params: list, ranks: Ranks) -> None:
         offset += n
 
 
+def peak_rss_mb(ranks: Ranks, device) -> float | None:
+    """The largest peak resident memory of any rank's process, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:          # not a POSIX system
+        return None
+    import sys as _sys
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if _sys.platform == "darwin" else 2**10)
+    if not ranks.distributed:
+        return round(own, 1)
+    import torch
+    import torch.distributed as dist
+    t = torch.tensor([own], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return round(float(t), 1)
+
+
 def broadcast_parameters(params: list, ranks: Ranks) -> None:
     """Rank 0's values of ``params`` on every rank (the start must be the same everywhere)."""
     if not ranks.distributed:
@@ -93,6 +110,54 @@ def broadcast_parameters(params: list, ranks: Ranks) -> None:
     import torch.distributed as dist
     for p in params:
         dist.broadcast(p.data, src=0)
+
+
+class Replicated:
+    """The loop's data-parallel strategy with a whole copy of the model on every rank (also the single-process
+    case, where every collective is a no-op). A strategy prepares the model (``wrap``) and the objective
+    (``through``: how the loop calls it), scales the backward pass (``backward_scale``), says whether a rank
+    with no items in a micro-batch must still run it (``every_rank_steps``), turns gradient syncing on for the
+    step's last micro-batch (``sync``), finishes the gradients (``reduce_gradients``), gives and takes whole
+    trainable weights and optimizer state for checkpoints (``trainable_state``: what rank 0 saves; ``load_*``:
+    every rank loads the whole checkpoint) and measures the ranks' disagreement (``spread``)."""
+    name = "ddp"
+    every_rank_steps = False
+    backward_scale = 1.0          # the loss as computed (each rank's share of the whole batch's mean)
+
+    def __init__(self, ranks: Ranks, device):
+        self.ranks, self.device = ranks, device
+
+    def wrap(self, model):
+        model = model.to(self.device)
+        broadcast_parameters([p for p in model.parameters() if p.requires_grad], self.ranks)
+        return model
+
+    def through(self, objective):
+        """``objective`` as the loop calls it (here: itself)."""
+        return objective
+
+    def sync(self, model, on: bool) -> None:
+        """Nothing to switch: gradients are summed once per step by :meth:`reduce_gradients`."""
+
+    def reduce_gradients(self, params) -> None:
+        reduce_gradients(params, self.ranks)
+
+    def trainable_state(self, model) -> dict:
+        from ..methods.base import trainable_state
+        return trainable_state(model) if self.ranks.main else {}
+
+    def load_trainable(self, model, weights: dict) -> None:
+        from ..methods.base import load_trainable_state
+        load_trainable_state(model, weights)
+
+    def optimizer_state(self, model, optimizer) -> dict:
+        return optimizer.state_dict() if self.ranks.main else {}
+
+    def load_optimizer(self, model, optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
+
+    def spread(self, params) -> float | None:
+        return disagreement(params, self.ranks, self.device)
 
 
 def backend(device) -> str | None:
@@ -126,9 +191,13 @@ def disagreement(params: list, ranks: Ranks, device) -> float:
     return float((hi - lo).abs().max())
 
 
-def check_settings(cfg, callbacks: bool) -> None:
-    """What N-process training does not combine with, as one-line errors before anything starts."""
+def check_settings(cfg, callbacks: bool, continuing=None) -> None:
+    """What N-process training (``cfg``: the recipe's train section, ``continuing``: its continue section) does
+    not combine with, as one-line errors before anything starts."""
     if cfg.nproc <= 1:
+        if cfg.strategy == "fsdp":
+            raise TunesmithError("train.strategy fsdp shards the model across processes: set train.nproc to 2 or "
+                                 "more", field="train.strategy")
         return
     if cfg.time_budget is not None:
         raise TunesmithError("train.time_budget plans steps from one process's timing; it does not combine with "
@@ -138,6 +207,9 @@ def check_settings(cfg, callbacks: bool) -> None:
                              "train.nproc: 1", field="train.nproc")
     if cfg.device in ("mps",):
         raise TunesmithError("train.nproc > 1 runs on CPU (gloo) or CUDA (NCCL), not mps", field="train.nproc")
+    if cfg.strategy == "fsdp" and getattr(continuing, "strategy", None) == "regularize":
+        raise TunesmithError("continue.strategy regularize measures whole weights every step; it does not combine "
+                             "with train.strategy fsdp in this version", field="train.strategy")
 
 
 def launch(run_dir: Path, nproc: int, *, resume: bool, threads: int | None) -> None:
@@ -184,5 +256,5 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-__all__ = ["Ranks", "current", "in_rank_process", "shard", "sum_across", "reduce_gradients", "broadcast_parameters",
-           "backend", "barrier", "disagreement", "check_settings", "launch", "RANK_LOG", "RANK_ERROR"]
+__all__ = ["Ranks", "Replicated", "current", "in_rank_process", "shard", "sum_across", "reduce_gradients", "broadcast_parameters",
+           "backend", "barrier", "disagreement", "peak_rss_mb", "check_settings", "launch", "RANK_LOG", "RANK_ERROR"]

@@ -18,6 +18,7 @@ from ..data.tokenize import batches
 from . import budget as tb
 from . import checkpoint
 from . import distributed as ddp
+from . import fsdp
 from . import frozen
 from .dropout import lean_dropout
 from . import precision as prec
@@ -155,6 +156,12 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     collate = _collate_of(objective)
     plan = plan_micro_batches(len(train_seqs), cfg, train_seqs)
     total_steps = math.ceil(len(plan) / cfg.grad_accum)
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    shards = _strategy(cfg, ranks, accelerator.device, model, run_dir)
+    if ranks.distributed:       # no DDP wrapper: the strategy sums (ddp) or reduce-scatters (fsdp) gradients
+        model = shards.wrap(model)     # before the optimizer: under fsdp it optimizes each rank's parts
+    step_objective = shards.through(objective)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     planned = None          # the time budget's plan: a schedule whose length is set after timing steps
     if cfg.time_budget is not None:
@@ -165,13 +172,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
         sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
         scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                                   num_training_steps=total_steps)
-    if ranks.distributed:       # no DDP wrapper: each step's gradients are summed by ddp.reduce_gradients
-        model = model.to(accelerator.device)
-    else:
+    if not ranks.distributed:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
-    if ranks.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     layout = Layout(run_dir)
     ckpt_root, metrics_path = layout.checkpoints, layout.metrics_path
     bare = accelerator.unwrap_model(model)
@@ -185,7 +188,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
         say = (lambda m: console.print(m, style="yellow", markup=False, highlight=False, soft_wrap=True)) \
             if ranks.main else (lambda m: None)
         if (last := checkpoint.latest_intact(ckpt_root, log=say)) is not None:
-            state = checkpoint.restore(last, accelerator.unwrap_model(model), optimizer, scheduler)
+            state, weights, optimizer_state = checkpoint.restore(last, scheduler)
+            shards.load_trainable(accelerator.unwrap_model(model), weights)
+            shards.load_optimizer(model, optimizer, optimizer_state)
         # rows logged after the restored step (or all of them: no checkpoint) are replayed; torn lines dropped
         if ranks.main:
             truncate_metrics(metrics_path, state.step)
@@ -195,12 +200,11 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
         anchor.start = anchor.measure(bare)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    ddp.broadcast_parameters(trainable, ranks)
     metrics_file = _open_for_append(metrics_path) if ranks.main else None
     last_loss = None
     steps_this_call = 0
     step_times: list[float] = []     # this call's step durations, for the time budget's plan
-    hold = precision.dtype if cfg.frozen_precision == "auto" else torch.float32
+    hold = precision.dtype if cfg.frozen_precision == "auto" and shards.name != "fsdp" else torch.float32
     with frozen.held_in(model, hold) as held, lean_dropout(model), metrics_file or nullcontext():
         with TrainProgress(total_steps, start=state.step, enabled=ranks.main,
                            description=f"train {precision.used}") as bar:
@@ -211,42 +215,46 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 bar.note(f"frozen base held in {held.dtype} while training: {held.tensors} linear tensors, "
                          f"{held.elements / 1e6:.1f}M values (exact fp32 weights restored afterwards)")
             if ranks.distributed:
-                bar.note(f"data parallel: {ranks.world} processes, each micro-batch split between them")
+                bar.note(f"data parallel ({shards.name}): {ranks.world} processes, each micro-batch split between "
+                         f"them" + (", every weight sharded" if shards.name == "fsdp" else ""))
             if planned is not None and spent_s >= 1 and not resume:
                 bar.note(f"time budget: {spent_s:.0f}s of it went to preparing the model before training")
             call_t0, elapsed0 = time.perf_counter(), planned.elapsed_s if planned is not None else 0.0
             while state.step < total_steps and not state.early_stopped:
                 t0 = time.perf_counter()
                 chunk = plan[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
-                mbs = [collate([train_seqs[i] for i in part], pad_id)
-                       for part in (ddp.shard(idx, ranks) for idx in chunk) if part]
+                parts = [(part, 1.0) if part else (idx[:1], 0.0)    # (items, weight): a weightless copy
+                         for idx in chunk for part in [ddp.shard(idx, ranks)] if part or shards.every_rank_steps]
+                mbs = [(collate([train_seqs[i] for i in part], pad_id), w) for part, w in parts]
                 n_trained, tokens = (int(v) for v in ddp.sum_across(
-                    [sum(b["n_loss"] for b in mbs), sum(b["n_tokens"] for b in mbs)], ranks, device))
+                    [sum(b["n_loss"] * w for b, w in mbs), sum(b["n_tokens"] * w for b, w in mbs)], ranks, device))
                 step_loss = 0.0
-                for j, b in enumerate(mbs):
+                for j, (b, weight) in enumerate(mbs):
                     b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
                     sync = j == len(mbs) - 1
+                    shards.sync(model, sync)
                     with (nullcontext() if sync else accelerator.no_sync(model)):
                         with precision.autocast():       # forward and loss; backward outside autocast
-                            out = objective(model, b)
-                            loss = out.loss_sum / max(n_trained, 1)
+                            out = step_objective(model, b)
+                            loss = out.loss_sum * weight / max(n_trained, 1)
                         loss = loss.float()
                         step_loss += float(loss.detach())
                         if anchor is not None and j == 0 and ranks.main:   # once per step, outside autocast
                             penalty = anchor.penalty(bare)
                             loss = loss + penalty
+                        loss = loss * shards.backward_scale if shards.backward_scale != 1 else loss
                         accelerator.backward(scaler.scale(loss) if scaler else loss)
                 if anchor is not None and not (mbs and ranks.main):      # its value for the record
                     with torch.no_grad():
                         penalty = anchor.penalty(bare)
-                ddp.reduce_gradients(trainable, ranks)
+                shards.reduce_gradients(trainable)
                 if ranks.distributed:
                     step_loss = ddp.sum_across([step_loss], ranks, device)[0]
                 grad_norm = None
                 if scaler:
                     scaler.unscale_(optimizer)
                 if cfg.max_grad_norm:
-                    grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
+                    grad_norm = _float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
                 if scaler:
                     scaler.step(optimizer)
                     scaler.update()
@@ -279,8 +287,10 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 if val_seqs and (state.step % every == 0 or is_last):
                     tv = time.perf_counter()
                     with precision.autocast() if held.tensors else nullcontext():   # held weights need it
-                        ev = evaluate_loss(model, val_seqs, objective, batch_size=cfg.batch_size,
+                        ev = evaluate_loss(model, val_seqs, step_objective, batch_size=cfg.batch_size,
                                            pad_id=pad_id, device=device)
+                        if ranks.distributed:     # one value for every rank's decisions (collectives follow)
+                            ev["val_loss"] = ddp.sum_across([ev["val_loss"]], ranks, device)[0] / ranks.world
                         scores = task_score(model) if task_score is not None else None
                         if scores:
                             ev.update(task_metric=statistics.fmean(scores), task_metric_name=task_score.metric)
@@ -297,8 +307,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     if _improves(state, ev["val_loss"], scores):
                         state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
                         state.best_scores = scores
+                        best = shards.trainable_state(accelerator.unwrap_model(model))    # fsdp: every rank
                         if ranks.main:
-                            checkpoint.save_best(ckpt_root, accelerator.unwrap_model(model))
+                            checkpoint.save_best(ckpt_root, best)
                     else:
                         state.bad_evals += 1
                         if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
@@ -314,8 +325,10 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                     ts = time.perf_counter()
                     if planned is not None:    # the checkpoint carries the plan (in the scheduler's state)
                         planned.elapsed_s = elapsed0 + ts - call_t0 + (planned.save_s or 0.0)
+                    weights = shards.trainable_state(accelerator.unwrap_model(model))     # fsdp: every rank
+                    optimizer_state = shards.optimizer_state(model, optimizer)
                     if ranks.main:
-                        checkpoint.save(ckpt_root, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                        checkpoint.save(ckpt_root, weights, optimizer_state, scheduler, state)
                     ddp.barrier(ranks)
                     if planned is not None:
                         planned.save_s = time.perf_counter() - ts
@@ -327,10 +340,12 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     finished = state.step >= total_steps or state.early_stopped
-    spread = ddp.disagreement(trainable, ranks, device)
+    spread = shards.spread(trainable)
+    rss = ddp.peak_rss_mb(ranks, device) if ranks.distributed else None
     if finished and val_seqs:
         ddp.barrier(ranks)                 # rank 0's best weights are on disk
-        checkpoint.load_best(ckpt_root, accelerator.unwrap_model(model))
+        if (best := checkpoint.best_weights(ckpt_root)) is not None:
+            shards.load_trainable(accelerator.unwrap_model(model), best)
     if anchor is not None:
         anchor.end = anchor.measure(bare)
     return TrainResult(steps=state.step, tokens=state.tokens, trained_tokens=state.trained_tokens,
@@ -340,10 +355,26 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                        precision={**precision.as_dict(), **held.as_dict()},
                        time_budget=planned.report() if planned is not None else None,
                        anchor=anchor.record() if anchor is not None else None,
-                       distributed={"nproc": ranks.world, "backend": ddp.backend(device),
-                                    "rank_weight_spread": spread} if ranks.distributed else None,
+                       distributed={"nproc": ranks.world, "backend": ddp.backend(device), "strategy": shards.name,
+                                    "rank_weight_spread": spread, "rank_peak_rss_mb": rss} if ranks.distributed else None,
                        selected_on=task_score.describe() if task_score is not None else "val_loss",
                        best_score=statistics.fmean(state.best_scores) if state.best_scores else None)
+
+
+def _strategy(cfg, ranks: ddp.Ranks, device, model, run_dir: Path):
+    """How the ranks share the work: whole copies (``ddp``, also one process) or sharded weights (``fsdp``,
+    whose settings are written to the run folder by rank 0)."""
+    if cfg.strategy != "fsdp" or not ranks.distributed:
+        return ddp.Replicated(ranks, device)
+    config = fsdp.accelerate_config(cfg, model)
+    if ranks.main:
+        fsdp.write_config(run_dir, config)
+    return fsdp.Sharded(ranks, device, config)
+
+
+def _float(value) -> float:
+    """A norm as a float (a sharded one is gathered first)."""
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
 
 
 def _improves(state: LoopState, val_loss: float, scores: list[float] | None) -> bool:
