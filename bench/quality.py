@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="reuse a finished defaults run of a task found under --work (continues an interrupted bench)")
     args = ap.parse_args(argv)
-    from tunesmith.config import parse_duration
+    from tunesmith.durations import parse_duration
     budget_s = parse_duration(args.budget)
     work = Path(args.work or tempfile.mkdtemp(prefix="tunesmith-quality-"))
     work.mkdir(parents=True, exist_ok=True)

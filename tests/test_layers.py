@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"eval"},
     {"train"},
     {"methods", "data"},
-    {"generation", "constrained", "render", "rundir", "models", "config", "config_methods", "safe_yaml", "fsutil", "errors"},
+    {"generation", "constrained", "render", "rundir", "models", "config", "config_methods", "safe_yaml", "durations", "fsutil", "errors"},
 ]
 
 

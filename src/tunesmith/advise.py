@@ -295,7 +295,7 @@ def budget_coverage(recipe: Recipe, seqs: list, probe: dict | None) -> dict | No
     """With ``train.time_budget``: about how many training sequences the budget covers at the probe's speed,
     within ``train.epochs`` and ``train.max_steps`` (a rough figure: the probe times a few forward/backward
     steps; the run's own plan times its first steps and also counts validation and checkpoints)."""
-    from .config import parse_duration
+    from .durations import parse_duration
     t = recipe.train
     if not (t.time_budget and seqs and probe and probe.get("tokens_per_s")):
         return None

@@ -1,8 +1,6 @@
 """Typed recipe: YAML + dotted `key=value` overrides -> validated `Recipe`; unknown keys rejected."""
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -15,44 +13,11 @@ from .config_methods import (  # noqa: F401  (re-exported: the recipe's method/o
     FAMILIES, METHOD_CONFIGS, METHOD_NAMES, OBJECTIVE_CONFIGS, OBJECTIVE_NAMES, BaseMethodConfig,
     BaseObjectiveConfig, MethodConfig, MethodSection, ObjectiveConfig, ObjectiveSection, config_class,
     normalize_section)
+from .durations import Duration
 from .errors import TunesmithError
 
 SEED_MAX = 2**32 - 1      # numpy's and torch's seed range
 REGULARIZE_WEIGHT = 0.5   # continue.regularize_weight default (how it was chosen: lifecycle/continuation.py)
-MAX_BUDGET_S = 366 * 24 * 3600.0
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds in ``value``: a number of seconds, or a string like "90s", "10m", "1h30m", "1.5h"."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        try:
-            seconds = float(text)
-        except ValueError:
-            m = _DURATION.match(text)
-            if not text or m is None or not any(m.groups()):
-                raise ValueError(f"time_budget {value!r} is not a duration; expected e.g. 90s, 10m, 1h30m "
-                                 f"or a number of seconds") from None
-            h, mins, s = (float(g) if g else 0.0 for g in m.groups())
-            seconds = h * 3600 + mins * 60 + s
-    else:
-        raise ValueError(f"time_budget must be a duration like 90s, 10m, 1h30m or a number of seconds, "
-                         f"not {_shown(value)}")
-    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_BUDGET_S:
-        raise ValueError(f"time_budget must be above 0 and at most 366 days (got {value!r})")
-    return seconds
-
-
-def _check_duration(value: Any) -> Any:
-    if value is not None:
-        parse_duration(value)
-    return value        # kept as the user wrote it
-
-
-Duration = Annotated[Any, BeforeValidator(_check_duration)]
 
 
 class _Strict(BaseModel):

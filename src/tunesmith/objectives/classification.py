@@ -116,7 +116,7 @@ class ClassificationObjective:
 
     @classmethod
     def from_recipe(cls, recipe) -> "ClassificationObjective":
-        from ..config import parse_duration
+        from ..durations import parse_duration
         o, budget = recipe.objective, recipe.train.time_budget
         return cls(data_cfg=recipe.data, seed=recipe.train.seed, max_length=recipe.data.max_length,
                    head_init=getattr(o, "head_init", "probe"), probe_examples=getattr(o, "probe_examples", 1024),

@@ -1,7 +1,7 @@
 """A training time budget: parse "1h30m"-style durations, plan the step count that fits, and a
 learning-rate schedule whose length can be set after the first steps were timed.
 
-Torch-free at import (the recipe's `train.time_budget` is validated by ``config.parse_duration``).
+Torch-free at import (the recipe's `train.time_budget` is validated by ``durations.parse_duration``).
 The plan lives in :class:`PlannedSchedule`, a callable object used as ``LambdaLR``'s lambda: torch saves
 a callable object's attributes in the scheduler's ``state_dict``, so a checkpoint carries the plan and
 a resumed run continues it instead of planning again.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import parse_duration
+from ..durations import parse_duration
 
 WARMUP_STEPS = 1         # untimed first step (allocation, kernel selection)
 TIMED_STEPS = 3          # steps whose mean time sets the plan
