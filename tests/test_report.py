@@ -142,3 +142,12 @@ def test_tuned_only_and_worse_delta(tmp_path):
     md = md_path.read_text(encoding="utf-8")
     assert "| BLEU | — | 12.50 | — |" in md
     assert "No examples where" in md
+
+
+def test_a_multi_process_run_says_how_the_processes_shared_the_work(tmp_path):
+    results = make_results()
+    results["training"]["distributed"] = {"nproc": 2, "backend": "gloo", "strategy": "fsdp",
+                                          "rank_weight_spread": None, "rank_peak_rss_mb": 3015.9}
+    md_path, html_path = write_reports(tmp_path, results)
+    assert "| Processes | 2 (fsdp: weights sharded; gloo), largest peak 3,016 MB |" in md_path.read_text()
+    assert "Processes" not in write_reports(tmp_path / "one", make_results())[0].read_text()

@@ -124,8 +124,16 @@ def _training_items(results: dict) -> list[tuple[str, str]]:
         ("Tokens processed", num(t.get("train_tokens"))),
         ("Throughput", num(t.get("tokens_per_s"), "{:,.0f} tokens/s")),
         ("Wall time", _duration(t.get("wall_s"))),
+        *([("Processes", _processes(d))] if (d := t.get("distributed")) else []),
         *((str(k).capitalize(), str(v)) for k, v in (t.get("objective_notes") or {}).items()),
     ]
+
+
+def _processes(d: dict) -> str:
+    """How a multi-process run shared the work, e.g. "2 (fsdp: weights sharded; gloo)"."""
+    how = {"ddp": "ddp: a whole copy each", "fsdp": "fsdp: weights sharded"}.get(d.get("strategy") or "ddp")
+    rss = d.get("rank_peak_rss_mb")
+    return f"{d.get('nproc')} ({how}; {d.get('backend') or '?'})" + (f", largest peak {rss:,.0f} MB" if rss else "")
 
 
 def _kept(t: dict, num) -> str:
@@ -394,7 +402,8 @@ def write_reports(run_dir: str | Path, results: dict) -> tuple[Path, Path]:
          "counts": {"train": int, "validation": int, "test": int, "evaluated": int},
          "training": {"steps": int, "train_tokens": int, "tokens_per_s": float,
                       "wall_s": float, "best_step": int, "early_stopped": bool,
-                      "objective_notes": {str: str} | None},
+                      "objective_notes": {str: str} | None,
+                      "distributed": {"nproc", "backend", "strategy", "rank_peak_rss_mb", ...} | None},
          "artifacts": {"adapter": str | None, "merged": str | None},
          "flips": {"base_wrong_tuned_right": int, "base_right_tuned_wrong": int}}
 
