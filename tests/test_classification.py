@@ -343,4 +343,4 @@ def test_under_a_time_budget_the_probe_stops_at_its_share(tmp_path, tokenizer, m
     obj.before_training(model, items)
     assert obj.head_start["examples"] == 16 and obj.head_start["sampled"] == len(items["train"]) > 16
     budgeted = load_recipe({**recipe.model_dump(), "train": {**recipe.train.model_dump(), "time_budget": "2m"}})
-    assert objectives.from_recipe(budgeted).probe_budget_s == pytest.approx(0.3 * 120)
+    assert objectives.from_recipe(budgeted).probe_budget_s == pytest.approx(0.5 * 120)

@@ -144,7 +144,7 @@ class ClassificationObjectiveConfig(BaseObjectiveConfig):
                              "up to `probe_examples` training examples; `random`: small random weights.",
         json_schema_extra=TRAIN_ONLY)
     probe_examples: int = Field(1024, ge=8, le=100_000, description="Training examples the starting probe fits on "
-                                                                    "(under train.time_budget, those done in 30% of it).",
+                                                                    "(under train.time_budget, those done in half of it).",
                                 json_schema_extra=TRAIN_ONLY)
 
 
