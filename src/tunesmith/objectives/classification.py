@@ -231,10 +231,11 @@ class ClassificationObjective:
         Evidence for the defaults (the bench's 16-label router, 192 test items, probe alone, mean of 3 samples):
         128 examples 26.7%, 256 32.3%, 512 38.4%, 1024 39.4%, all 1,539 37.0%; ``C`` from 0.01 to 0.3 moves
         it by at most 3 points. A head started from the 256-example probe and trained with LoRA for 5 minutes
-        scored 33.3%. With 5-minute budgets the probe's examples counted for more than the LoRA steps the same
-        seconds buy: router 448 examples + 23 steps 42.2% (the probe alone at that size about 36%); spam (long
-        e-mails, 100 test items) 256 examples + 10 steps 96%, 128 + 4 steps 93%, 64 + 8 steps 88% (a 30% share);
-        hence half the budget."""
+        scored 33.3%. Share of a 5-minute budget: spam (long e-mails, 100 test items) 30% -> 64 to 128 examples
+        + 4 to 8 steps, 88-93%; 50% -> 256 examples + 5 steps, 98%. Router 30% -> 448 examples + 23 steps, 42.2%
+        [35.4, 49.5]; 50% -> 768 + 16 steps, 37.5% [30.7, 44.8] (within each other's interval). A probe's
+        forward-only pass covers about three times the examples per second that training steps do, hence
+        half the budget."""
         from ..train.progress import console
         if self.head_init != "probe":
             return
