@@ -1,6 +1,7 @@
 """The stages in sequence over a run directory: validate, prepare, train, evaluate, export, run."""
 from __future__ import annotations
 
+import gc
 import math
 import time
 from contextlib import nullcontext
@@ -169,6 +170,8 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
                             on_eval=on_eval, on_step=on_step, task_score=score, spent_s=0.0 if resume else prep_s)
         if (result.distributed or {}).get("strategy") == "fsdp":   # each rank holds parts: rank 0 saves a whole
             weights = fsdp.whole_trainable_state(model)            # copy (every rank takes part in gathering)
+            model = base = session.base_model = None               # this rank's parts freed before a whole copy
+            gc.collect()                                           # is loaded (FSDP's state holds cycles)
             model = rebuilt(r, session.method, session.objective, session.tokenizer, weights, session.device,
                             calibration=calibration) if ranks.main else None
         session.tuned_model = model

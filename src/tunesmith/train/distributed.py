@@ -92,8 +92,7 @@ def peak_rss_mb(ranks: Ranks, device) -> float | None:
         import resource
     except ImportError:          # not a POSIX system
         return None
-    import sys as _sys
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if _sys.platform == "darwin" else 2**10)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     if not ranks.distributed:
         return round(own, 1)
     import torch
