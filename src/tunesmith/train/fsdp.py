@@ -1,8 +1,8 @@
 """Fully sharded data parallel training (``train.strategy: fsdp``): every weight, gradient and optimizer state
 is split across the ranks by torch's FSDP2 (``fully_shard``), one unit per transformer block.
 
-The settings are generated from the recipe in accelerate's FSDP2 config vocabulary (:func:`accelerate_config`,
-written to the run folder as ``fsdp.yaml`` and read back by :meth:`Sharded.wrap`). The ranks call
+The settings are generated from the recipe in accelerate's FSDP2 config vocabulary (:func:`accelerate_config`:
+what :meth:`Sharded.wrap` shards with, and what the run folder keeps as ``fsdp.yaml``). The ranks call
 ``fully_shard`` themselves, the call accelerate's own FSDP2 preparation makes, because accelerate applies its
 FSDP plugin only on accelerators (on CPU it trains unsharded); this way the same path runs on CPU (gloo) and
 CUDA (NCCL). Checkpoints and the saved model hold whole tensors: the ranks gather them together.

@@ -242,7 +242,7 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                         if anchor is not None and j == 0 and ranks.main:   # once per step, outside autocast
                             penalty = anchor.penalty(bare)
                             loss = loss + penalty
-                        loss = loss * shards.backward_scale if shards.backward_scale != 1 else loss
+                        loss = loss * shards.backward_scale        # 1.0 but under fsdp (see fsdp.Sharded)
                         accelerator.backward(scaler.scale(loss) if scaler else loss)
                 if anchor is not None and not (mbs and ranks.main):      # its value for the record
                     with torch.no_grad():
