@@ -332,8 +332,9 @@ def test_job_from_form_live_pause_resume_report_compare_chat(tmp_path, browser, 
         wait_for(lambda: d.current_url.endswith("/ui/new"), what="the new-job page after sign-in")
 
         # new job: the uploaded file is offered; 21 training rows (after the template's split) x 3 epochs
-        assert file_id in d.execute_script("return Array.from(document.querySelectorAll('#file-ids option'))"
-                                           ".map(o => o.value);")
+        wait_for(lambda: file_id in d.execute_script("return Array.from(document.querySelectorAll('#file-ids option'))"
+                                                     ".map(o => o.value);"),
+                 what="the uploaded file among the offered files (the page may still be loading when its URL shows)")
         for field, value in (("model", "tiny-base"), ("training_file", file_id), ("n_epochs", "3"),
                              ("batch_size", "4"), ("suffix", "ui")):
             d.find_element("id", f"f-{field}").send_keys(value)
