@@ -14,7 +14,7 @@ from tiny import sentiment_rows
 
 def tiny_recipe(root: Path, model_dir: Path, data_file: Path, name: str, **sections) -> dict:
     recipe = {
-        "name": name, "task": "classification", "output_dir": str(root),
+        "name": name, "task": "classification", "objective": {"name": "sft"}, "output_dir": str(root),
         "model": {"name": str(model_dir)},
         "data": {"train": str(data_file), "format": "labelled", "labels": {"0": "negative", "1": "positive"},
                  "instruction": "Is this positive or negative?", "max_length": 64, "clean": {"near_dedup": False}},

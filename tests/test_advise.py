@@ -109,8 +109,10 @@ def test_label_path_follows_the_measured_numbers():
     assert head["text"].endswith(", classification head") and any("objective.name: classification" in r
                                                                    for r in head["reasons"])
     safe = with_label_path(rec, options(0.7, 0.5))
-    assert safe["label_path"] == "SFT, label-safe answers" and safe["overrides"] == ["method.name=lora"]
-    assert with_label_path(rec, options(0.62, 0.5))["label_path"] == "SFT"
+    assert safe["label_path"] == "SFT, label-safe answers"
+    assert safe["overrides"] == ["method.name=lora", "objective.name=sft"]
+    sft = with_label_path(rec, options(0.62, 0.5))
+    assert sft["label_path"] == "SFT" and sft["overrides"] == ["method.name=lora", "objective.name=sft"]
     assert with_label_path(dict(rec, fine_tune=False, overrides=[]), options(0.62, 0.8))["overrides"] == []
 
 
@@ -145,3 +147,19 @@ def test_probe_features_with_a_shared_prompt_prefix_match_the_head_input(tiny_mo
             batch = obj.collate([ClsItem(obj.prompt_ids(tokenizer, ex.prompt_messages)[0], 0)], pad)
             want = obj.pooled(model, batch["input_ids"], batch["attention_mask"])[0].numpy()
             assert abs(got[i] - want).max() < 1e-4 * max(1.0, abs(want).max())
+
+def test_advise_on_a_recipe_that_defaults_to_the_head(recipe_file):
+    """task: classification without an objective trains a head; advise times that objective's steps and names
+    the objective of the path it recommends (SFT paths say objective.name=sft)."""
+    import yaml
+    path = recipe_file()
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("objective")
+    path.write_text(yaml.safe_dump(raw))
+    out = advise(path, sample=8)
+    assert out["training_probe"]["tokens_per_s"] > 0
+    rec = out["recommendation"]
+    if rec["fine_tune"]:
+        named = [o for o in rec["overrides"] if o.startswith("objective.name=")]
+        assert named == [("objective.name=classification" if rec["label_path"] == "classification head"
+                          else "objective.name=sft")]

@@ -344,3 +344,62 @@ def test_under_a_time_budget_the_probe_stops_at_its_share(tmp_path, tokenizer, m
     assert obj.head_start["examples"] == 16 and obj.head_start["sampled"] == len(items["train"]) > 16
     budgeted = load_recipe({**recipe.model_dump(), "train": {**recipe.train.model_dump(), "time_budget": "2m"}})
     assert objectives.from_recipe(budgeted).probe_budget_s == pytest.approx(0.5 * 120)
+
+
+def _classification_recipe(**extra):
+    return load_recipe({"task": "classification", "data": {"train": "x.jsonl"}, **extra})
+
+
+def test_a_classification_task_trains_a_head_unless_the_recipe_asks_for_text_answers():
+    assert _classification_recipe().objective.name == "classification"
+    assert load_recipe({"task": "sft", "data": {"train": "x.jsonl"}}).objective.name == "sft"
+    # what only a model answering in text gives, or what the head does not combine with: sft
+    for extra in [{"export": {"gguf": ["f16"]}}, {"export": {"merged": True}},
+                  {"forgetting": {"replay": 0.1}}, {"data": {"train": "x.jsonl", "packing": True}},
+                  {"model": {"from": "reviews@champion"}},
+                  {"data": {"train": "x.jsonl", "mix": [{"name": "b", "train": "y.jsonl"}]}}]:
+        assert _classification_recipe(**extra).objective.name == "sft", extra
+    # an objective the recipe names (or one with keys only sft has) is kept
+    assert _classification_recipe(objective={"name": "sft"}).objective.name == "sft"
+    assert _classification_recipe(objective={"neftune_alpha": 5}).objective.name == "sft"
+    assert _classification_recipe(export={"gguf": [], "merged": False}).objective.name == "classification"
+    # a run's saved recipe names its objective: reloading it keeps what was trained
+    dumped = _classification_recipe().model_dump(mode="json", by_alias=True)
+    assert load_recipe(dumped).objective.name == "classification"
+
+
+def _chat_rows(n: int, answer) -> list[dict]:
+    return [{"messages": [{"role": "system", "content": "Route the message: billing, bug or other."},
+                          {"role": "user", "content": f"message {i} about {['money', 'crash', 'hello'][i % 3]}"},
+                          {"role": "assistant", "content": answer(i)}]} for i in range(n)]
+
+
+def test_chat_data_whose_answers_are_labels_trains_the_head_on_them(tmp_path, tokenizer):
+    path = tmp_path / "route.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(60, lambda i: ["billing", "bug", "other"][i % 3])))
+    recipe = load_recipe({"task": "classification", "data": {"train": str(path), "max_length": 64,
+                                                               "clean": {"near_dedup": False}}})
+    assert recipe.objective.name == "classification"
+    splits, _ = build_splits(recipe)
+    obj = objectives.from_recipe(recipe)
+    items, _ = obj.build(splits, tokenizer, recipe)
+    assert obj.labels == ["billing", "bug", "other"]
+    train = splits["train"]
+    assert [obj.labels[i.label] for i in items["train"]] == [ex.reference for ex in train]
+    # the prompt is the conversation before the answer, with the generation prompt
+    prompt = tokenizer.decode(items["train"][0].input_ids)
+    assert train[0].messages[1]["content"] in prompt and train[0].reference not in prompt.split("message")[-1]
+    result = obj.evaluate(make_model(tokenizer), tokenizer, splits["test"], [], recipe, which="base")
+    assert [p["reference"] for p in result["predictions"]] == [ex.reference for ex in splits["test"]]
+
+
+def test_a_head_on_chat_data_with_free_text_answers_is_refused_before_the_run_folder(tmp_path, tiny_model_dir):
+    from tunesmith import pipeline
+    path = tmp_path / "free.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(40, lambda i: f"a long answer number {i}")))
+    recipe = {"task": "classification", "output_dir": str(tmp_path / "runs"), "model": {"name": str(tiny_model_dir)},
+              "objective": {"name": "classification"},
+              "data": {"train": str(path), "max_length": 64, "clean": {"near_dedup": False}}}
+    with pytest.raises(TunesmithError, match="needs a label per example.*40 distinct.*objective.name: sft"):
+        pipeline.prepare(recipe)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

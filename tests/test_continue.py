@@ -69,7 +69,7 @@ def lineage(tmp_path_factory, tiny_model_dir):
 def from_recipe(root: Path, runs: Path, ref: str, **model) -> Path:
     """A user recipe (its data path relative to it) training task B as the next version of ``ref``."""
     import yaml
-    recipe = {"name": "from-recipe", "task": "classification", "output_dir": str(runs),
+    recipe = {"name": "from-recipe", "task": "classification", "objective": {"name": "sft"}, "output_dir": str(runs),
               "model": {"from": ref, **model},
               "data": {"train": "task_b.jsonl", "format": "labelled", "labels": {"0": "neutral", "1": "review"},
                        "instruction": "Is this neutral or a review?", "max_length": 64, "clean": {"near_dedup": False}},

@@ -43,7 +43,7 @@ def recipe_path(tmp_path_factory, tiny_model_dir):
     d = tmp_path_factory.mktemp("tuned")
     data = d / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(40)))
-    recipe = {"name": "tuned", "task": "classification", "output_dir": str(d / "runs"),
+    recipe = {"name": "tuned", "task": "classification", "objective": {"name": "sft"}, "output_dir": str(d / "runs"),
               "model": {"name": str(tiny_model_dir)},
               "data": {"train": str(data), "format": "labelled", "labels": {"0": "negative", "1": "positive"},
                        "instruction": "Is this positive or negative?", "max_length": 48,

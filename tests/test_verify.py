@@ -34,7 +34,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
     data = root / "sentiment.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(80)))
     recipe = {
-        "name": "tiny", "task": "classification", "output_dir": str(root / "runs"),
+        "name": "tiny", "task": "classification", "objective": {"name": "sft"}, "output_dir": str(root / "runs"),
         "model": {"name": str(tiny_model_dir)},
         "data": {"train": str(data), "format": "labelled", "labels": {"0": "negative", "1": "positive"},
                  "instruction": "Is this positive or negative?", "max_length": 64, "clean": {"near_dedup": False}},

@@ -84,7 +84,7 @@ def write_sentiment(path: Path, n: int = 80) -> Path:
 def tiny_recipe(root: Path, model_dir: Path, data_file: Path, **sections) -> Path:
     """Write ``root/recipe.yaml``: the same recipe as the ``recipe_file`` fixture, for wider-scoped fixtures."""
     recipe = {
-        "name": "tiny", "task": "classification", "output_dir": str(root / "runs"),
+        "name": "tiny", "task": "classification", "objective": {"name": "sft"}, "output_dir": str(root / "runs"),
         "model": {"name": str(model_dir)},
         "data": {"train": str(data_file), "format": "labelled",
                  "labels": {"0": "negative", "1": "positive"},

@@ -254,8 +254,8 @@ def label_options(recipe: Recipe, model, tokenizer, train: list, tests: list, sy
 
 
 def with_label_path(rec: dict, options: dict) -> dict:
-    """The recommendation with its label path: a classification head (``objective.name=classification`` in the
-    overrides; the head starts from this probe, ``objective.head_init: probe``) when a linear probe of the
+    """The recommendation with its label path (its objective always named in the overrides): a classification
+    head (``objective.name=classification``; the head starts from this probe, ``objective.head_init: probe``) when a linear probe of the
     frozen base already beats every generated answer (free or label-safe) on the sample; SFT answered with
     label-safe decoding when that beats free generation by 5 points or more; else SFT. The measured numbers
     are the reasons."""
@@ -278,12 +278,12 @@ def with_label_path(rec: dict, options: dict) -> dict:
                      "(every answer a label, with its probability, in one forward pass; the head starts from this "
                      "probe and trains with the adapter; the server answers its chat completions with a label)")
     elif safe and best_safe >= best_free + 0.05 * top:
-        path, overrides = "SFT, label-safe answers", []
+        path, overrides = "SFT, label-safe answers", ["objective.name=sft"]
         lines.append("label-safe decoding beats free generation by "
                      f"{gap_text(key, best_safe - best_free)}: fine-tune with SFT and answer with label-safe "
                      "decoding (eval.label_safe, the server's response_format)")
     else:
-        path, overrides = "SFT", []
+        path, overrides = "SFT", ["objective.name=sft"]   # named: task: classification defaults to the head
     out = dict(rec, label_path=path, reasons=rec["reasons"] + lines)
     if rec["fine_tune"]:
         out["overrides"] = rec["overrides"] + overrides

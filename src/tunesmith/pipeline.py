@@ -18,11 +18,16 @@ from .session import Session
 from .train.progress import console
 
 
-def _check_label_set(recipe: Recipe, manifest: dict) -> None:
+def _check_label_set(recipe: Recipe, manifest: dict, splits: dict) -> None:
     """Accuracy is measured over a label set: declared (data.labels) or inferred from the answers.
-    Without one, stop before any compute (not after the base model's evaluation)."""
+    Without one, stop before any compute (not after the base model's evaluation); so does data the
+    objective cannot train on (its ``check_data``)."""
     from . import objectives
-    own_eval = callable(getattr(objectives.OBJECTIVES.get(recipe.objective.name), "evaluate", None))
+    objective = objectives.OBJECTIVES.get(recipe.objective.name)
+    check = hook(objective, "check_data")
+    if check and not manifest.get("tasks"):
+        check(splits)
+    own_eval = callable(getattr(objective, "evaluate", None))
     if "accuracy" not in recipe.metrics() or own_eval or manifest.get("tasks"):
         return
     if not (manifest.get("labels") or manifest.get("inferred_labels")):
@@ -111,13 +116,17 @@ def prepare(recipe: str | Path | dict | Recipe, overrides: list[str] | None = No
     models.resolve(recipe.model.name)     # fail early on an unknown model
     models.check_max_length(recipe.model.name, recipe.data.max_length)
     splits, manifest = data_prepare.build_splits(recipe)
-    _check_label_set(recipe, manifest)
+    _check_label_set(recipe, manifest, splits)
     run = Run.create(recipe)
     with _failing(run, "prepare"):
         data_prepare.save_splits(run.data_dir, splits, manifest)
         run.mark("prepare", counts=manifest["counts"])
     _say_removals(manifest)
     console.print(f"prepared data: {manifest['counts']}  ->  {run.data_dir}")
+    from . import objectives
+    if not objectives.OBJECTIVES[recipe.objective.name].generates_text:
+        console.print(f"objective {recipe.objective.name}: the tuned model predicts labels with its own head instead "
+                      "of answering in text (no merged model or GGUF files; objective.name: sft trains text answers)")
     return run
 
 

@@ -55,7 +55,7 @@ GOOD_ROWS = sentiment_rows(80)
 
 def base_recipe(ws: "Workspace") -> dict:
     return {
-        "name": "tiny", "task": "classification", "output_dir": "runs",
+        "name": "tiny", "task": "classification", "objective": {"name": "sft"}, "output_dir": "runs",
         "model": {"name": str(ws.model)},
         "data": {"train": "good.jsonl", "format": "labelled", "labels": {"0": "negative", "1": "positive"},
                  "instruction": "Is this positive or negative?", "max_length": 64, "clean": {"near_dedup": False}},

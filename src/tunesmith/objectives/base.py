@@ -26,6 +26,8 @@ class Objective(Protocol):
         ``load_meta(in_dir)``: what a fresh objective must know before ``attach`` on reload (labels).
       * ``evaluate(model, tokenizer, examples, items, recipe) -> dict``: task evaluation replacing
         generation-based metrics; returns ``{"metrics": {...}, "predictions": [...], ...}``.
+      * ``check_data(splits) -> object``: refuses prepared data the objective cannot train on (one clear
+        error), called before the run folder is made.
       * ``training_notes() -> dict[str, str]``: what the objective did to the model before training (e.g. how
         a new head was initialised), recorded in ``train.json`` and the report's Training table.
       * ``mergeable`` (bool attribute, default True): whether a merged plain transformers model

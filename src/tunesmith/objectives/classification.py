@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..data.coverage import MAX_LABELS, infer_labels, label_of
 from ..errors import TunesmithError
 from .sft import LossOutput, core_model, is_prompt_learning, prefix_forward, rows_prefix
 
@@ -135,14 +136,29 @@ class ClassificationObjective:
             return example.prompt_messages
         return [{"role": "user", "content": example.text or ""}]
 
+    @staticmethod
+    def check_data(splits: dict) -> list[str]:
+        """The label set of prepared ``splits`` (sorted, all splits): labelled data's labels, or the answers of chat
+        data when they are a small set of short labels (``data.coverage.infer_labels``); raises otherwise (the
+        pipeline calls it before the run folder is made)."""
+        examples = [ex for exs in splits.values() for ex in exs]
+        if not any(ex.label is not None for ex in examples) and infer_labels(examples) is None:
+            answers = len({label_of(ex) for ex in examples})
+            raise TunesmithError(
+                f"the classification head needs a label per example: data.format: labelled, or chat data whose "
+                f"answers are 2 to {MAX_LABELS} short one-line labels; these answers are not ({answers} distinct). "
+                "For answers in text set objective.name: sft", field="objective.name")
+        found = sorted({label for label in map(label_of, examples) if label is not None})
+        if len(found) < 2:
+            raise TunesmithError(f"classification needs labelled data with at least two labels; found "
+                                 f"{found or 'none'}", field="objective.name")
+        return found
+
     def build(self, splits: dict, tokenizer, recipe) -> tuple[dict, dict]:
         """Label set = sorted labels of all splits (the held-out splits only use training labels)."""
         self.max_length = recipe.data.max_length
         self.data_cfg = recipe.data
-        found = sorted({ex.label for exs in splits.values() for ex in exs if ex.label is not None})
-        if len(found) < 2:
-            raise TunesmithError(f"classification needs labelled data with at least two labels; found "
-                                 f"{found or 'none'} (use data.format: labelled)", field="objective.name")
+        found = self.check_data(splits)
         if self.labels is not None and self.labels != found:
             raise TunesmithError(f"the data's labels {found} differ from the head's labels {self.labels}",
                                  field="data.labels")
@@ -152,10 +168,11 @@ class ClassificationObjective:
         for name, examples in splits.items():
             kept: list[ClsItem] = []
             for ex in examples:
-                if ex.label is None:
+                label = label_of(ex)
+                if label is None:
                     continue
                 ids, cut = self.prompt_ids(tokenizer, self._messages(ex))
-                kept.append(ClsItem(ids, index[ex.label], cut))
+                kept.append(ClsItem(ids, index[label], cut))
             items[name] = kept
             stats[name] = {"examples": len(examples), "kept": len(kept),
                            "truncated": sum(i.truncated for i in kept),
@@ -459,9 +476,9 @@ class ClassificationObjective:
         the confusion matrix in ``label_details``.
         """
         from ..eval.metrics import label_metrics
-        labelled = [ex for ex in examples if ex.label is not None]
+        labelled = [ex for ex in examples if label_of(ex) is not None]
         prompts = [self._messages(ex) for ex in labelled]
-        refs = [ex.label for ex in labelled]
+        refs = [label_of(ex) for ex in labelled]
         result: dict = {"metrics": {}, "predictions": [], "label_details": None, "loss": {}}
         if not labelled:
             return result
