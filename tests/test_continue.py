@@ -367,3 +367,59 @@ def test_pipeline_refuses_model_from_instead_of_training_from_the_base(lineage):
     with pytest.raises(TunesmithError, match="continues a registered version") as info:
         pipeline.run(str(from_recipe(lineage["root"], runs, "tiny@v1")))
     assert info.value.field == "model.from" and sorted(p.name for p in runs.iterdir()) == before
+
+
+# ------------------------------------------------------------------------------------ a classification head
+
+def test_a_classification_head_continues_from_its_parent(tmp_path, tiny_model_dir, monkeypatch):
+    """A head version (task: classification's default objective) continues with replay: the child keeps the
+    head objective, starts from the parent's head (its rows for the labels both know, zero for new ones) and the
+    parent's suite is measured again; a `model.from` recipe naming no objective also continues as a head."""
+    import yaml
+    from safetensors.torch import load_file
+    from tunesmith import pipeline
+    from tunesmith.cli import main
+    from tunesmith.lifecycle import register
+    from tunesmith.lifecycle.continuation import continue_version
+    from tunesmith.lifecycle.versions import resolve
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    runs = tmp_path / "runs"
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, _write(tmp_path / "task_a.jsonl", sentiment_rows(80)),
+                         eval={"baselines": [], "compare_base": False},
+                         forgetting={"general_text": None, "general_prompts": None},
+                         export={"check_parity": False, "merged": False})
+    raw = yaml.safe_load(recipe.read_text())
+    raw.pop("objective")                                     # the default: a head for task: classification
+    recipe.write_text(yaml.safe_dump(raw))
+    b_file = _write(tmp_path / "task_b.jsonl", task_b_rows(80))
+    with redirect_stdout(io.StringIO()):
+        v1 = register(pipeline.run(recipe), "head")
+        v2 = continue_version("head@v1", str(b_file), [*B_ARGS, *QUIET, "continue.replay_ratio=0.3"], root=runs)
+    parent, child = Layout(v1.run_dir), Layout(v2.run_dir)
+    assert yaml.safe_load(child.recipe_path.read_text())["objective"]["name"] == "classification"
+    notes = read_json(child.train_json)["objective_notes"]
+    assert notes["head start"] == "the parent version's head (2 of 4 labels; new, from zero: neutral, review)"
+    labels = json.loads((child.model_dir / "cls_head.json").read_text())["labels"]
+    assert labels == ["negative", "neutral", "positive", "review"]
+    before, after = load_file(str(parent.model_dir / "cls_head.safetensors")), \
+        load_file(str(child.model_dir / "cls_head.safetensors"))
+    # the known labels' rows moved from the parent's (training went on), not from a fresh start
+    kept = after["weight"][[0, 2]]
+    cos = float((kept * before["weight"]).sum() / (kept.norm() * before["weight"].norm()))
+    assert cos > 0.5
+    suites = _backward(v2)["suites"]
+    recorded = read_json(parent.summary_json)["tuned"]["metrics"]["accuracy"]
+    assert suites["head@v1"]["metric"] == "accuracy" and suites["head@v1"]["ancestor_score"] == recorded
+    assert 0 <= suites["head@v1"]["child_score"] <= 1 and suites["head@v1"]["n"] > 0
+    # the parent (negative/positive only) on the child's suite (neutral/review): every answer a miss
+    assert suites["head@v2"]["ancestor_score"] == 0.0 and suites["head@v2"]["child_score"] is not None
+    # model.from in a recipe without an objective: the parent's (a head)
+    user = from_recipe(tmp_path, runs, "head@v1")
+    raw = yaml.safe_load(user.read_text())
+    raw.pop("objective")
+    raw["continue"] = {"replay_ratio": 0.3}
+    user.write_text(yaml.safe_dump(raw))
+    with redirect_stdout(io.StringIO()):
+        assert main(["run", str(user)]) == 0
+    v3 = resolve("head@v3", root=runs)
+    assert yaml.safe_load(Layout(v3.run_dir).recipe_path.read_text())["objective"]["name"] == "classification"

@@ -76,8 +76,14 @@ def evaluate_backward(session, tuned_model, tuned_result: dict, base_result: dic
         parent_res = base_result             # the base of a stacked version is the parent's merged model
     else:
         from ..tuned import load_tuned
-        parent_model, _ = load_tuned(parent_run, session.device, tokenizer=session.tokenizer)
-        parent_res = _score(parent_model, session.tokenizer, session.objective, exs, r, session.labels,
+        parent_objective = session.objective
+        if hook(parent_objective, "load_meta"):     # weights of its own (a label head): the parent's, its labels
+            from .. import objectives
+            parent_objective = objectives.from_recipe(parent_run.recipe)
+            parent_objective.load_meta(parent_run.model_dir)
+        parent_model, _ = load_tuned(parent_run, session.device, tokenizer=session.tokenizer,
+                                     objective=parent_objective)
+        parent_res = _score(parent_model, session.tokenizer, parent_objective, exs, r, session.labels,
                             f"backward: {record['parent']} on {own_name}")
         del parent_model
     suites[own_name] = _suite(metric, record["parent"], (parent_res.get("metrics") or {}).get(metric),

@@ -90,7 +90,7 @@ def _parent_checks(parent: Version, parent_run: Run, strategy: str) -> None:
                                  f"parents ({lora_family}) in this version; {parent.ref} was trained with "
                                  f"method {pr.method.name} (use continue.strategy=stack)", field="continue.strategy")
         parent_objective = objectives.OBJECTIVES.get(getattr(pr.objective, "name", "sft"))
-        if parent_objective is not None and (not parent_objective.generates_text or parent_objective.own_model):
+        if parent_objective is not None and parent_objective.own_model:
             raise TunesmithError(f"strategy {strategy} cannot continue objective {pr.objective.name} (its own "
                                  "weights are not carried over); use continue.strategy=stack",
                                  field="continue.strategy")
@@ -119,6 +119,8 @@ def _from_user(user: dict, parent: Version, parent_run: Run, strategy: str, expe
     raw.setdefault("name", f"{parent.name}-v{number}")
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     raw["model"] = {**model, "name": model.get("name") or expected}
+    if "objective" not in raw:            # the parent's objective (a label head continues as a head)
+        raw["objective"] = parent_run.recipe.objective.model_dump(mode="json")
     if strategy in ADAPTER_STRATEGIES:
         mine = raw.get("method") if isinstance(raw.get("method"), dict) else {}
         if mine.get("init_from"):

@@ -105,7 +105,7 @@ class ClassificationObjective:
 
     def __init__(self, labels: Sequence[str] | None = None, *, data_cfg=None, seed: int = 0,
                  max_length: int = 512, head_init: str = "probe", probe_examples: int = 1024,
-                 probe_budget_s: float | None = None):
+                 probe_budget_s: float | None = None, init_from: str | None = None):
         self.labels: list[str] | None = list(labels) if labels is not None else None
         self.data_cfg = data_cfg
         self.seed = seed
@@ -113,6 +113,7 @@ class ClassificationObjective:
         self.head_init = head_init
         self.probe_examples = probe_examples
         self.probe_budget_s = probe_budget_s     # seconds the probe's features may take (None: no limit)
+        self.init_from = init_from               # a parent version's model folder: its head is the start
         self.head_start: dict | None = None      # how the head was initialised (before_training)
         self._warned_frozen = False
 
@@ -122,7 +123,8 @@ class ClassificationObjective:
         o, budget = recipe.objective, recipe.train.time_budget
         return cls(data_cfg=recipe.data, seed=recipe.train.seed, max_length=recipe.data.max_length,
                    head_init=getattr(o, "head_init", "probe"), probe_examples=getattr(o, "probe_examples", 1024),
-                   probe_budget_s=PROBE_SHARE * parse_duration(budget) if budget is not None else None)
+                   probe_budget_s=PROBE_SHARE * parse_duration(budget) if budget is not None else None,
+                   init_from=getattr(recipe.method, "init_from", None))
 
     # ---- data ----------------------------------------------------------------------------------
     def prompt_ids(self, tokenizer, messages: list[dict]) -> tuple[list[int], bool]:
@@ -155,28 +157,30 @@ class ClassificationObjective:
         return found
 
     def build(self, splits: dict, tokenizer, recipe) -> tuple[dict, dict]:
-        """Label set = sorted labels of all splits (the held-out splits only use training labels)."""
+        """Label set = sorted labels of all splits (the held-out splits only use training labels), or the labels
+        of a head already known (``load_meta``: scoring a version on another version's suite); an example whose
+        label that head lacks has no item (counted in the stats; ``evaluate`` still scores it, as a miss)."""
         self.max_length = recipe.data.max_length
         self.data_cfg = recipe.data
         found = self.check_data(splits)
-        if self.labels is not None and self.labels != found:
-            raise TunesmithError(f"the data's labels {found} differ from the head's labels {self.labels}",
-                                 field="data.labels")
-        self.labels = found
-        index = {label: i for i, label in enumerate(found)}
+        self.labels = self.labels if self.labels is not None else found
+        index = {label: i for i, label in enumerate(self.labels)}
         items, stats = {}, {}
         for name, examples in splits.items():
             kept: list[ClsItem] = []
+            unknown = 0
             for ex in examples:
                 label = label_of(ex)
-                if label is None:
+                if label is None or label not in index:
+                    unknown += label is not None
                     continue
                 ids, cut = self.prompt_ids(tokenizer, self._messages(ex))
                 kept.append(ClsItem(ids, index[label], cut))
             items[name] = kept
             stats[name] = {"examples": len(examples), "kept": len(kept),
                            "truncated": sum(i.truncated for i in kept),
-                           "dropped_no_label": len(examples) - len(kept),
+                           "dropped_no_label": len(examples) - len(kept) - unknown,
+                           "dropped_label_unknown_to_head": unknown,
                            "tokens": sum(i.length for i in kept), "trained_tokens": len(kept)}
         return items, stats
 
@@ -254,6 +258,9 @@ class ClassificationObjective:
         forward-only pass covers about three times the examples per second that training steps do, hence
         half the budget."""
         from ..train.progress import console
+        if self.init_from and (Path(self.init_from) / HEAD_FILE).is_file():
+            self.start_from_parent(model, Path(self.init_from))
+            return
         if self.head_init != "probe":
             return
         train = list(items_by_split.get("train") or [])
@@ -286,11 +293,43 @@ class ClassificationObjective:
         console.print(f"classification head starts from a linear probe of the base model: {len(train)} training "
                       f"examples{cut}, training accuracy {100 * fitted:.1f}%, {self.head_start['wall_s']:.0f}s")
 
+    def start_from_parent(self, model, parent_dir: Path) -> None:
+        """A continued version (``method.init_from``, set by ``tunesmith continue``) starts from its parent's head:
+        the parent's row for every label both know; a label the parent lacks starts with zero weights and the
+        mean of the parent's biases (no preference until trained)."""
+        from ..methods.base import load_tensors
+        from ..train.progress import console
+        try:
+            parent_labels = list(json.loads((parent_dir / HEAD_META).read_text())["labels"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise TunesmithError(f"the parent's classification head has no readable {HEAD_META}",
+                                 file=str(parent_dir / HEAD_META)) from None
+        state = load_tensors(parent_dir / HEAD_FILE)
+        head = self.head(model)
+        if tuple(state["weight"].shape) != (len(parent_labels), head.in_features):
+            raise TunesmithError(f"the parent's head has shape {tuple(state['weight'].shape)}, this model needs "
+                                 f"({len(parent_labels)}, {head.in_features})", file=str(parent_dir / HEAD_FILE))
+        row = {label: i for i, label in enumerate(parent_labels)}
+        new = [label for label in self.labels if label not in row]
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(float(state["bias"].float().mean()))
+            for i, label in enumerate(self.labels):
+                if label in row:
+                    head.weight[i] = state["weight"][row[label]].to(head.weight)
+                    head.bias[i] = state["bias"][row[label]].to(head.bias)
+        self.head_start = {"init": "parent", "kept": len(self.labels) - len(new), "new": new}
+        console.print(f"classification head starts from the parent's head: {self.head_start['kept']} of "
+                      f"{len(self.labels)} labels" + (f"; new: {', '.join(new)}" if new else ""))
+
     def training_notes(self) -> dict[str, str]:
         """How the head started (for ``train.json`` and the report)."""
         h = self.head_start
         if h is None:
             return {"head start": "small random weights (seeded)"}
+        if h["init"] == "parent":
+            return {"head start": f"the parent version's head ({h['kept']} of {h['kept'] + len(h['new'])} labels"
+                                  + (f"; new, from zero: {', '.join(h['new'])})" if h["new"] else ")")}
         cut = f" of {h['sampled']} sampled, the time budget's share ran out" if h["examples"] < h["sampled"] else ""
         return {"head start": f"linear probe of the base on {h['examples']} training examples ({h['wall_s']:.0f}s"
                               f"{cut}; training accuracy {100 * h['train_accuracy']:.1f}%)"}
@@ -489,12 +528,14 @@ class ClassificationObjective:
             preds = [{"prediction": a} for a in answers]
         else:
             index = {lb: i for i, lb in enumerate(self.labels)}
+            known = all(r in index for r in refs)      # a reference the head lacks: scored as a miss, no loss
             probs, loss = self.probabilities(model, tokenizer, prompts, recipe.eval.batch_size,
-                                             targets=[index[r] for r in refs])
-            result["loss"] = {"val_loss": loss / len(labelled)}
+                                             targets=[index[r] for r in refs] if known else None)
+            result["loss"] = {"val_loss": loss / len(labelled)} if known else {}
             preds = [{"prediction": self.labels[int(row.argmax())],
                       "probabilities": {lb: float(p) for lb, p in zip(self.labels, row)}} for row in probs]
-        details = label_metrics([p["prediction"] for p in preds], refs, self.labels)
+        extra = sorted(set(refs) - set(self.labels))    # references a head lacks (another version's suite)
+        details = label_metrics([p["prediction"] for p in preds], refs, self.labels + extra)
         result["metrics"] = {k: details[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")}
         result["label_details"] = details
         result["predictions"] = [{"prompt": ex.prompt_messages or prompt, "reference": ref, **pred}
