@@ -148,15 +148,10 @@ def test_probe_features_with_a_shared_prompt_prefix_match_the_head_input(tiny_mo
             want = obj.pooled(model, batch["input_ids"], batch["attention_mask"])[0].numpy()
             assert abs(got[i] - want).max() < 1e-4 * max(1.0, abs(want).max())
 
-def test_advise_on_a_recipe_that_defaults_to_the_head(recipe_file):
-    """task: classification without an objective trains a head; advise times that objective's steps and names
-    the objective of the path it recommends (SFT paths say objective.name=sft)."""
-    import yaml
-    path = recipe_file()
-    raw = yaml.safe_load(path.read_text())
-    raw.pop("objective")
-    path.write_text(yaml.safe_dump(raw))
-    out = advise(path, sample=8)
+def test_advise_on_a_head_recipe_names_the_objective_of_its_path(recipe_file):
+    """On a recipe that already trains a head, advise times that objective's steps and names the objective of the
+    path it recommends (SFT paths say objective.name=sft, so applying the overrides gives that path)."""
+    out = advise(recipe_file(objective={"name": "classification"}), sample=8)
     assert out["training_probe"]["tokens_per_s"] > 0
     rec = out["recommendation"]
     if rec["fine_tune"]:

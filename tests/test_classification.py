@@ -350,22 +350,11 @@ def _classification_recipe(**extra):
     return load_recipe({"task": "classification", "data": {"train": "x.jsonl"}, **extra})
 
 
-def test_a_classification_task_trains_a_head_unless_the_recipe_asks_for_text_answers():
-    assert _classification_recipe().objective.name == "classification"
-    assert load_recipe({"task": "sft", "data": {"train": "x.jsonl"}}).objective.name == "sft"
-    # what only a model answering in text gives, or what the head does not combine with: sft
-    for extra in [{"export": {"gguf": ["f16"]}}, {"export": {"merged": True}},
-                  {"forgetting": {"replay": 0.1}}, {"data": {"train": "x.jsonl", "packing": True}},
-                  {"model": {"from": "reviews@champion"}},
-                  {"data": {"train": "x.jsonl", "mix": [{"name": "b", "train": "y.jsonl"}]}}]:
-        assert _classification_recipe(**extra).objective.name == "sft", extra
-    # an objective the recipe names (or one with keys only sft has) is kept
-    assert _classification_recipe(objective={"name": "sft"}).objective.name == "sft"
-    assert _classification_recipe(objective={"neftune_alpha": 5}).objective.name == "sft"
-    assert _classification_recipe(export={"gguf": [], "merged": False}).objective.name == "classification"
-    # a run's saved recipe names its objective: reloading it keeps what was trained
-    dumped = _classification_recipe().model_dump(mode="json", by_alias=True)
-    assert load_recipe(dumped).objective.name == "classification"
+def test_the_default_objective_stays_sft_for_every_task():
+    """A label head is a choice (objective.name: classification, or what `advise` recommends), not the default:
+    on the demo's sentiment task LoRA SFT reached 85.1% and a head 78.5% (README)."""
+    assert _classification_recipe().objective.name == "sft"
+    assert _classification_recipe(objective={"name": "classification"}).objective.name == "classification"
 
 
 def _chat_rows(n: int, answer) -> list[dict]:
@@ -377,9 +366,8 @@ def _chat_rows(n: int, answer) -> list[dict]:
 def test_chat_data_whose_answers_are_labels_trains_the_head_on_them(tmp_path, tokenizer):
     path = tmp_path / "route.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(60, lambda i: ["billing", "bug", "other"][i % 3])))
-    recipe = load_recipe({"task": "classification", "data": {"train": str(path), "max_length": 64,
-                                                               "clean": {"near_dedup": False}}})
-    assert recipe.objective.name == "classification"
+    recipe = load_recipe({"task": "classification", "objective": {"name": "classification"},
+                          "data": {"train": str(path), "max_length": 64, "clean": {"near_dedup": False}}})
     splits, _ = build_splits(recipe)
     obj = objectives.from_recipe(recipe)
     items, _ = obj.build(splits, tokenizer, recipe)

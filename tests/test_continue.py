@@ -372,7 +372,7 @@ def test_pipeline_refuses_model_from_instead_of_training_from_the_base(lineage):
 # ------------------------------------------------------------------------------------ a classification head
 
 def test_a_classification_head_continues_from_its_parent(tmp_path, tiny_model_dir, monkeypatch):
-    """A head version (task: classification's default objective) continues with replay: the child keeps the
+    """A head version (objective.name: classification) continues with replay: the child keeps the
     head objective, starts from the parent's head (its rows for the labels both know, zero for new ones) and the
     parent's suite is measured again; a `model.from` recipe naming no objective also continues as a head."""
     import yaml
@@ -387,10 +387,7 @@ def test_a_classification_head_continues_from_its_parent(tmp_path, tiny_model_di
     recipe = tiny_recipe(tmp_path, tiny_model_dir, _write(tmp_path / "task_a.jsonl", sentiment_rows(80)),
                          eval={"baselines": [], "compare_base": False},
                          forgetting={"general_text": None, "general_prompts": None},
-                         export={"check_parity": False, "merged": False})
-    raw = yaml.safe_load(recipe.read_text())
-    raw.pop("objective")                                     # the default: a head for task: classification
-    recipe.write_text(yaml.safe_dump(raw))
+                         export={"check_parity": False, "merged": False}, objective={"name": "classification"})
     b_file = _write(tmp_path / "task_b.jsonl", task_b_rows(80))
     with redirect_stdout(io.StringIO()):
         v1 = register(pipeline.run(recipe), "head")

@@ -119,3 +119,32 @@ def test_task_metric_where_it_cannot_apply_is_one_clear_error(recipe_file, tmp_p
                        train={"max_steps": 2})
     _, result = pipeline.train(auto)
     assert result.selected_on == "val_loss"
+
+
+def test_samples_of_a_label_sorted_file_hold_every_label(recipe_file, tmp_path):
+    """A file sorted by label keeps its order within each split; the selection sample, a capped evaluation and the
+    baselines' sample are seeded samples across the split, not its head (which would hold one label)."""
+    from tiny import sentiment_rows
+    from tunesmith.eval.select import task_score
+    from tunesmith.eval.stage import baseline_tests
+    from tunesmith.session import Session
+    rows = sorted(sentiment_rows(160), key=lambda r: r["label"])          # every negative first
+    data = tmp_path / "sorted.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = pipeline.prepare(recipe_file(data={"train": str(data), "split": {"validation": 0.3, "test": 0.3}},
+                                       train={"select_examples": 12}, eval={"max_examples": 12,
+                                                                            "baseline_examples": 8}))
+    session = Session(run)
+    validation, test = session.splits["validation"], session.splits["test"]
+    assert [ex.reference for ex in validation[:12]] == ["negative"] * 12      # the head: one label
+    scorer = task_score(session)
+    assert scorer.n == 12 and set(scorer.references) == {"negative", "positive"}
+    order = [ex.prompt_messages for ex in validation]
+    positions = [order.index(p) for p in scorer.prompts]
+    assert positions == sorted(positions)                                   # kept in the split's order
+    assert task_score(Session(run)).prompts == scorer.prompts               # seeded: the same sample again
+    exs, seqs = session.eval_examples()
+    assert len(exs) == len(seqs) == 12 and {ex.reference for ex in exs} == {"negative", "positive"}
+    assert [s.input_ids for s in seqs] == [session.seqs["test"][test.index(ex)].input_ids for ex in exs]
+    base = baseline_tests(session)
+    assert len(base) == 8 and {ex.reference for ex in base} == {"negative", "positive"}

@@ -121,3 +121,12 @@ def test_keys_group_examples_with_different_prompts():
     assert all(splits[name] for name in ("train", "validation", "test"))
     with pytest.raises(ValueError):
         split_examples(examples, 0.2, 0.2, seed=3, keys=keys[:-1])
+
+
+def test_a_capped_sample_is_seeded_in_order_and_whole_when_not_capped():
+    from tunesmith.data.split import sample_in_order, sample_indices
+    assert sample_indices(5, None, 0) == sample_indices(5, 9, 0) == [0, 1, 2, 3, 4]
+    picked = sample_indices(100, 10, 3)
+    assert len(set(picked)) == 10 and picked == sorted(picked) and picked == sample_indices(100, 10, 3)
+    assert picked != list(range(10)) and max(picked) > 50      # spread over the items, not their head
+    assert sample_in_order(list("abcdefghij"), 3, 1) == [list("abcdefghij")[i] for i in sample_indices(10, 3, 1)]

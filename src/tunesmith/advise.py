@@ -153,6 +153,7 @@ def recommendation(scores: dict[str, float], key: str, method: dict, *, sample: 
 def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None, *, sample: int = 64) -> dict:
     from . import models
     from .data.prepare import build_splits
+    from .data.split import sample_in_order
     from .eval.baselines import PromptBuilder, context_limit
     from .eval.decide import MAJORITY, headline, systems_table
     from .eval.evaluate import score_prompts
@@ -163,7 +164,8 @@ def advise(recipe: str | Path | dict | Recipe, overrides: list[str] | None = Non
                              field="task")
     splits, manifest = build_splits(recipe)
     labels = manifest.get("labels") or manifest.get("inferred_labels")
-    tests = [ex for ex in splits["test"] if ex.messages and ex.reference is not None][:sample]
+    tests = sample_in_order([ex for ex in splits["test"] if ex.messages and ex.reference is not None], sample,
+                            recipe.data.split.seed)
     if not tests:
         raise TunesmithError("no held-out examples with answers to measure baselines on", field="data.split.test")
     model, tokenizer = models.load(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
@@ -283,7 +285,7 @@ def with_label_path(rec: dict, options: dict) -> dict:
                      f"{gap_text(key, best_safe - best_free)}: fine-tune with SFT and answer with label-safe "
                      "decoding (eval.label_safe, the server's response_format)")
     else:
-        path, overrides = "SFT", ["objective.name=sft"]   # named: task: classification defaults to the head
+        path, overrides = "SFT", ["objective.name=sft"]   # named: the recipe may train a head
     out = dict(rec, label_path=path, reasons=rec["reasons"] + lines)
     if rec["fine_tune"]:
         out["overrides"] = rec["overrides"] + overrides

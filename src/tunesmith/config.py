@@ -143,7 +143,8 @@ class TrainConfig(_Strict):
         "auto", description="What keeps the final checkpoint and drives early stopping: `task_metric`, the task's "
         "headline metric on a validation sample answered at each validation (loss breaks ties); `val_loss`; `auto`: "
         "the task metric where there is one (single task, generation metric, 8+ validation answers), else val_loss.")
-    select_examples: int = Field(32, ge=1, le=100_000, description="Validation answers scored for task_metric.")
+    select_examples: int = Field(32, ge=1, le=100_000, description="Validation answers scored for task_metric (a seeded sample "
+                                                                   "of the validation split).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for weights init, shuffling and dropout.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Training device.")
@@ -172,7 +173,8 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     max_examples: int | None = Field(None, gt=0, le=10**9,
-                                     description="Evaluate at most this many test examples.")
+                                     description="Evaluate at most this many test examples (a seeded sample "
+                                                 "of the test split, in its order).")
     batch_size: int = Field(16, ge=1, le=65536, description="Generation batch size.")
     max_new_tokens: int = Field(64, ge=1, le=4096, description="Generation limit per answer.")
     metrics: list[Literal["exact_match", "accuracy", "rouge", "bleu"]] | Literal["auto"] = Field(
@@ -183,7 +185,8 @@ class EvalConfig(_Strict):
     baselines: list[Literal["few_shot", "rag", "tuned_rag"]] = Field(
         ["few_shot", "rag"], description="Cheap alternatives evaluated on the same prompts as the tuned model.")
     baseline_examples: int | None = Field(
-        None, gt=0, le=10**9, description="Evaluate the baselines on at most this many test examples (default: all).")
+        None, gt=0, le=10**9, description="Evaluate the baselines on at most this many test examples (a seeded sample; "
+                                        "default: all).")
     few_shot_k: int = Field(4, ge=1, le=64, description="few_shot: training examples put in the prompt.")
     few_shot_selection: Literal["similar", "random"] = Field(
         "similar", description="few_shot: pick the most similar training examples (embeddings) or random ones.")
@@ -325,10 +328,7 @@ class Recipe(_Strict):
     method: MethodSection = Field(default_factory=METHOD_CONFIGS["lora"],
                                   description="Fine-tuning method: `name` and that method's keys.")
     objective: ObjectiveSection = Field(default_factory=OBJECTIVE_CONFIGS["sft"],
-                                        description="Training objective: `name` and that objective's keys. Not "
-                                                    "given: `classification` (a label head) for task: classification "
-                                                    "unless a merged model, GGUF files, replay, packing, a mix or a "
-                                                    "continuation is asked for; `sft` otherwise.")
+                                        description="Training objective: `name` and that objective's keys.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -343,12 +343,7 @@ class Recipe(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _sections(cls, data: Any) -> Any:
-        """`method`/`objective` without `name` get the default one; dump leftovers are dropped; a recipe without an
-        `objective` gets the one that claims it (``default_for``), else sft."""
-        if isinstance(data, dict) and "objective" not in data:
-            claims = [cls for cls in dict.fromkeys(OBJECTIVE_CONFIGS.values()) if cls.default_for(data)]
-            if claims:
-                data = {**data, "objective": {"name": claims[0].names[0]}}
+        """`method`/`objective` without `name` get the default one; dump leftovers are dropped."""
         if isinstance(data, dict) and any(isinstance(data.get(s), dict) for s in FAMILIES):
             data = {**data, **{s: normalize_section(s, data[s]) for s in FAMILIES if isinstance(data.get(s), dict)}}
         return data

@@ -127,11 +127,6 @@ class BaseObjectiveConfig(_Section):
     """Common base of every objective's config (`name` is the discriminator)."""
     section: ClassVar[str] = "objective"
 
-    @classmethod
-    def default_for(cls, raw: dict) -> bool:
-        """Whether a recipe (its raw mapping) that names no objective trains this one; `sft` when none claims it."""
-        return False
-
 
 class SFTObjectiveConfig(BaseObjectiveConfig):
     names: ClassVar[tuple[str, ...]] = ("sft",)
@@ -151,21 +146,6 @@ class ClassificationObjectiveConfig(BaseObjectiveConfig):
     probe_examples: int = Field(1024, ge=8, le=100_000, description="Training examples the starting probe fits on "
                                                                     "(under train.time_budget, those done in half of it).",
                                 json_schema_extra=TRAIN_ONLY)
-
-    @classmethod
-    def default_for(cls, raw: dict) -> bool:
-        """`task: classification` trains a head unless the recipe asks for what only a model answering in text
-        gives or the head does not combine with: a merged model or GGUF files (`export.merged: true` or
-        `export.gguf` given), plain-text replay (`forgetting.replay`), packing, a multi-task `mix`, or a continuation
-        (`model.from`: the parent's objective). Evidence (bench/quality.py, 5-minute budget, 2-core CPU):
-        16-label router 36.5-42.2% with the head against 9.9-15.6% with SFT, spam 98.0% against 23.0%."""
-        def section(name: str) -> dict:
-            value = raw.get(name)
-            return value if isinstance(value, dict) else {}
-        export, data, model = section("export"), section("data"), section("model")
-        return (raw.get("task") == "classification" and not export.get("merged") and not export.get("gguf")
-                and not section("forgetting").get("replay") and not data.get("packing") and not data.get("mix")
-                and not (model.get("from") or model.get("from_")))
 
 
 class PreferenceObjectiveConfig(BaseObjectiveConfig):

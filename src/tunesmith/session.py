@@ -48,10 +48,16 @@ class Session:
                                  field="data.max_length")
 
     def eval_examples(self):
-        """The test examples evaluated (``eval.max_examples`` caps them) and their tokenised items."""
-        n = self.run.recipe.eval.max_examples
+        """The test examples evaluated (``eval.max_examples`` caps them: a seeded sample, see
+        ``data.split.sample_indices``) and their tokenised items."""
+        from .data.split import sample_in_order, sample_indices
+        r = self.run.recipe
+        n, seed = r.eval.max_examples, r.data.split.seed
         exs, seqs = self.splits["test"], self.seqs["test"]
-        return (exs[:n], seqs[:n]) if n else (exs, seqs)
+        keep = sample_indices(len(exs), n, seed)
+        # items align with examples unless the objective made none for some (they then only give the loss)
+        return [exs[i] for i in keep], [seqs[i] for i in keep] if len(seqs) == len(exs) else \
+            sample_in_order(seqs, n, seed)
 
     def calibration(self):
         """``f(model) -> loss`` on one training batch (for methods that choose what to train from data)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 from tunesmith.data.dedup import normalize_key
 from tunesmith.data.example import Example
@@ -14,6 +15,20 @@ def _unit_hash(seed: int, key: str) -> float:
     """Map ``(seed, key)`` to a stable pseudo-random number in [0, 1)."""
     digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def sample_indices(count: int, n: int | None, seed: int) -> list[int]:
+    """Indices of at most ``n`` of ``count`` items: a seeded random sample, in the items' order (all of them when
+    ``n`` is None or not smaller). Every cap on examples (evaluated, baseline, selection) takes such a sample, never
+    the head of a split, which keeps the input file's order and may be sorted (by label, date or source)."""
+    if n is None or n >= count:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), n))
+
+
+def sample_in_order(items: list, n: int | None, seed: int) -> list:
+    """``items`` at :func:`sample_indices`."""
+    return [items[i] for i in sample_indices(len(items), n, seed)]
 
 
 def split_examples(examples: list[Example], validation: float, test: float,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.split import sample_in_order
 from ..fsutil import atomic_write_json
 from ..objectives.base import hook
 from ..render import is_number
@@ -95,8 +96,7 @@ def evaluate_backward(session, tuned_model, tuned_result: dict, base_result: dic
         ar = arun.recipe
         splits, manifest = load_splits(arun.data_dir)
         labels = manifest.get("labels") or manifest.get("inferred_labels")
-        n = ar.eval.max_examples
-        aexs = splits["test"][:n] if n else splits["test"]
+        aexs = sample_in_order(splits["test"], ar.eval.max_examples, ar.data.split.seed)   # as the ancestor's eval
         am = _headline(ar)
         res = _score(tuned_model, session.tokenizer, session.objective, aexs, ar, labels,
                      f"backward: {own_name} on {anc['ref']}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data.split import sample_in_order
 from ..errors import TunesmithError
 from ..generation import generate
 from ..objectives.base import hook
@@ -74,7 +75,8 @@ def task_score(session: Session) -> TaskScore | None:
             raise TunesmithError(f"train.select_on task_metric cannot apply: {reason}; use auto or val_loss",
                                  field="train.select_on")
         return None
-    sample = _answerable(session)[: r.train.select_examples]
+    sample = sample_in_order(_answerable(session), r.train.select_examples, r.train.seed)   # not the head of a
+    # validation split that keeps a label-sorted file's order
     probe = metrics.compute(r.metrics(), [sample[0].reference], [sample[0].reference], session.labels)
     return TaskScore(metric=headline(r, {"metrics": probe}), prompts=[ex.prompt_messages for ex in sample],
                      references=[ex.reference for ex in sample], labels=session.labels,

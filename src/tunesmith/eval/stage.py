@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..config_methods import evaluation_settings
+from ..data.split import sample_in_order
 from ..fsutil import atomic_write_json
 from ..objectives.base import hook
 from ..session import Session
@@ -17,10 +18,11 @@ def evaluate_split(session: Session, model, title: str, which: str) -> dict:
         exs, seqs = session.eval_examples()
         return _evaluate_one(session, model, title, which, exs, seqs, session.labels)
     combined: dict = {"loss": {}, "metrics": {}, "predictions": [], "tasks": {}}
-    n = session.run.recipe.eval.max_examples
+    r = session.run.recipe
+    n = r.eval.max_examples
     seqs = session.seqs["test"]
-    for name, info in tasks.items():
-        subset = [ex for ex in session.splits["test"] if ex.task == name][:n]   # the cap applies per task
+    for name, info in tasks.items():   # the cap applies per task
+        subset = sample_in_order([ex for ex in session.splits["test"] if ex.task == name], n, r.data.split.seed)
         if not subset:
             continue
         task_seqs = session.objective.build({"test": subset}, session.tokenizer, session.run.recipe)[0]["test"]
@@ -66,8 +68,8 @@ def baseline_skip_reason(session: Session) -> str | None:
 def baseline_tests(session: Session) -> list:
     exs, _ = session.eval_examples()
     chat = [ex for ex in exs if ex.messages and ex.reference is not None]
-    n = session.run.recipe.eval.baseline_examples
-    return chat[:n] if n else chat
+    r = session.run.recipe
+    return sample_in_order(chat, r.eval.baseline_examples, r.data.split.seed)
 
 
 def baseline_prompts(session: Session, model, kind: str, tests: list) -> list:
