@@ -1,4 +1,4 @@
-"""Deterministic, leakage-free train/validation/test splitting by prompt."""
+"""Deterministic, leakage-free train/validation/test splitting by prompt, and seeded samples for caps on examples."""
 from __future__ import annotations
 
 import hashlib
