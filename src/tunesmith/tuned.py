@@ -48,6 +48,16 @@ def rebuilt(recipe, method, objective, tokenizer, weights: dict, device, *, cali
     return model
 
 
+def run_objective(run: "str | Path | Run"):
+    """A trained run's objective as its saved model needs it (what it must know before loading, e.g. a head's
+    label set, read from the saved model)."""
+    run = as_run(run)
+    objective = objectives.from_recipe(run.recipe)
+    if hook(objective, "load_meta"):
+        objective.load_meta(run.model_dir)
+    return objective
+
+
 def load_tuned(run: "str | Path | Run", device: str | None = None, *, prefer_merged: bool = False,
                tokenizer=None, objective=None):
     """``(model, tokenizer)`` of a trained run: the method's adapter/weights (and the objective's own
@@ -69,10 +79,7 @@ def load_tuned(run: "str | Path | Run", device: str | None = None, *, prefer_mer
     if not run.model_dir.is_dir():
         raise TunesmithError("run has no trained model; run `tunesmith train` first", file=str(run.path))
     method = methods.get(r.method.name)
-    if objective is None:
-        objective = objectives.from_recipe(r)
-        if hook(objective, "load_meta"):
-            objective.load_meta(run.model_dir)
+    objective = objective if objective is not None else run_objective(run)
     model, base_tok = models.load(r.model.name, device=device, trust_remote_code=r.model.trust_remote_code)
     tok = tokenizer or base_tok
     if hook(objective, "attach"):
@@ -84,4 +91,4 @@ def load_tuned(run: "str | Path | Run", device: str | None = None, *, prefer_mer
     return model, tok
 
 
-__all__ = ["calibration", "prepare_for_training", "load_tuned"]
+__all__ = ["calibration", "prepare_for_training", "load_tuned", "run_objective"]

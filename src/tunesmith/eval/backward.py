@@ -76,12 +76,9 @@ def evaluate_backward(session, tuned_model, tuned_result: dict, base_result: dic
     if record.get("strategy") == "stack" and base_result and metric in (base_result.get("metrics") or {}):
         parent_res = base_result             # the base of a stacked version is the parent's merged model
     else:
-        from ..tuned import load_tuned
-        parent_objective = session.objective
-        if hook(parent_objective, "load_meta"):     # weights of its own (a label head): the parent's, its labels
-            from .. import objectives
-            parent_objective = objectives.from_recipe(parent_run.recipe)
-            parent_objective.load_meta(parent_run.model_dir)
+        from ..tuned import load_tuned, run_objective
+        # an objective with weights of its own (a label head) scores with the parent's, its labels
+        parent_objective = run_objective(parent_run) if hook(session.objective, "load_meta") else session.objective
         parent_model, _ = load_tuned(parent_run, session.device, tokenizer=session.tokenizer,
                                      objective=parent_objective)
         parent_res = _score(parent_model, session.tokenizer, parent_objective, exs, r, session.labels,

@@ -53,6 +53,16 @@ def fit_linear(x, y: Sequence[int], n_classes: int) -> tuple[torch.Tensor, torch
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
 
 
+def saved_labels(in_dir: Path) -> list[str]:
+    """The label set of the head saved in ``in_dir`` (its ``cls_head.json``); one clear error when unreadable."""
+    meta = Path(in_dir) / HEAD_META
+    try:
+        return list(json.loads(meta.read_text())["labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TunesmithError(f"no readable classification head metadata; expected {HEAD_META}",
+                             file=str(meta)) from None
+
+
 @dataclass
 class ClsItem:
     """One classification example: the tokens of its prompt and the index of its label."""
@@ -299,11 +309,7 @@ class ClassificationObjective:
         mean of the parent's biases (no preference until trained)."""
         from ..methods.base import load_tensors
         from ..train.progress import console
-        try:
-            parent_labels = list(json.loads((parent_dir / HEAD_META).read_text())["labels"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise TunesmithError(f"the parent's classification head has no readable {HEAD_META}",
-                                 file=str(parent_dir / HEAD_META)) from None
+        parent_labels = saved_labels(parent_dir)
         state = load_tensors(parent_dir / HEAD_FILE)
         head = self.head(model)
         if tuple(state["weight"].shape) != (len(parent_labels), head.in_features):
@@ -414,12 +420,7 @@ class ClassificationObjective:
 
     def load_meta(self, in_dir: Path) -> None:
         """Learn the saved head's label set (so ``attach`` can build it before the weights load)."""
-        meta = Path(in_dir) / HEAD_META
-        try:
-            self.labels = list(json.loads(meta.read_text())["labels"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise TunesmithError(f"no readable classification head metadata; expected {HEAD_META}",
-                                 file=str(meta)) from None
+        self.labels = saved_labels(in_dir)
 
     def load_extra(self, model, in_dir: Path):
         """Attach (if needed) and load the saved head, checking labels and shapes."""
