@@ -391,3 +391,31 @@ def test_a_head_on_chat_data_with_free_text_answers_is_refused_before_the_run_fo
     with pytest.raises(TunesmithError, match="needs a label per example.*40 distinct.*objective.name: sft"):
         pipeline.prepare(recipe)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_fitted_start_is_validated_first_and_kept_when_training_does_not_beat_it(tmp_path, tokenizer):
+    """A head started from a probe is a candidate before the first step (an eval row at step 0); training that
+    only makes validation worse (a learning rate far too high) ends with the probe's head kept, best step 0.
+    Without a fitted start (``head_init: random``) there is no step-0 validation."""
+    from tunesmith.rundir import read_jsonl
+    from tunesmith.tuned import prepare_for_training
+    for init in ("probe", "random"):
+        (tmp_path / init).mkdir()
+        recipe = make_recipe(tmp_path / init, name="freeze", top_k_layers=0)
+        recipe.objective.head_init = init
+        recipe.train.lr, recipe.train.epochs, recipe.train.eval_every = 0.9, 1, 4
+        splits, _ = build_splits(recipe)
+        obj = objectives.from_recipe(recipe)
+        items, _ = obj.build(splits, tokenizer, recipe)
+        model = prepare_for_training(make_model(tokenizer), methods.get("freeze"), obj, recipe, tokenizer, seqs=items)
+        start = obj.head(model).weight.detach().clone()
+        result = train(model, items["train"], items["validation"], obj, recipe.train, tmp_path / init / "run",
+                       pad_id=tokenizer.pad_token_id)
+        evals = [r for r in read_jsonl(tmp_path / init / "run" / "metrics.jsonl") if r["type"] == "eval"]
+        if init == "probe":
+            assert obj.fitted_start and evals[0]["step"] == 0
+            assert min(r["val_loss"] for r in evals[1:]) > evals[0]["val_loss"]     # training only hurt
+            assert result.best_step == 0
+            assert torch.equal(obj.head(model).weight.detach(), start)              # the probe's head kept
+        else:
+            assert not obj.fitted_start and evals[0]["step"] > 0

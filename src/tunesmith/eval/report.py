@@ -142,6 +142,8 @@ def _kept(t: dict, num) -> str:
     on = t.get("selected_on")
     if not on or step == _DASH:
         return step
+    if t.get("best_step") == 0:
+        return "step 0, the fitted start (no training step beat it on validation)"
     if on == "val_loss":
         return f"step {step} (lowest validation loss)"
     score = f": {t['best_score']:.4g}" if is_number(t.get("best_score")) else ""

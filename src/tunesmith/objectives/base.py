@@ -30,6 +30,9 @@ class Objective(Protocol):
         error), called before the run folder is made.
       * ``training_notes() -> dict[str, str]``: what the objective did to the model before training (e.g. how
         a new head was initialised), recorded in ``train.json`` and the report's Training table.
+      * ``fitted_start`` (bool attribute, default False): the model is already fitted to the task before the first
+        step (e.g. a head from a linear probe); the loop then validates it at step 0 and keeps it unless a
+        training step beats it.
       * ``mergeable`` (bool attribute, default True): whether a merged plain transformers model
         is a faithful export (False when the objective adds modules transformers cannot load).
     """

@@ -103,7 +103,10 @@ class ClassificationObjective:
     ``before_training`` fits a logistic regression on the untouched model's features of up to
     ``probe_examples`` training examples (``fit_linear``) and starts the head there, so training begins at
     what a linear head on the frozen base already separates (a head started from noise at an adapter's
-    learning rate can stay at the majority class for a whole short budget).
+    learning rate can stay at the majority class for a whole short budget). A fitted start is validated before
+    the first step and kept unless a training step beats it (``fitted_start``): training the adapter under the
+    probe's head can undo the probe in a short budget (sentiment, 5 minutes: validation loss 0.58 at the probe,
+    0.65-1.05 over the 42 steps that followed).
     """
 
     name = "classification"
@@ -125,6 +128,7 @@ class ClassificationObjective:
         self.probe_budget_s = probe_budget_s     # seconds the probe's features may take (None: no limit)
         self.init_from = init_from               # a parent version's model folder: its head is the start
         self.head_start: dict | None = None      # how the head was initialised (before_training)
+        self.fitted_start = False                # a probe or the parent's head: step 0 is a candidate to keep
         self._warned_frozen = False
 
     @classmethod
@@ -296,6 +300,7 @@ class ClassificationObjective:
             head.bias.copy_(bias.to(head.bias.device))
             fitted = float(((x @ weight.T + bias).argmax(-1) == torch.tensor([i.label for i in train]))
                            .float().mean())
+        self.fitted_start = True
         self.head_start = {"init": "probe", "examples": len(train), "sampled": wanted, "train_accuracy": fitted,
                            "wall_s": round(time.perf_counter() - t0, 2)}
         cut = (f" of {wanted} sampled (the time budget's {PROBE_SHARE:.0%} share ran out)"
@@ -324,6 +329,7 @@ class ClassificationObjective:
                 if label in row:
                     head.weight[i] = state["weight"][row[label]].to(head.weight)
                     head.bias[i] = state["bias"][row[label]].to(head.bias)
+        self.fitted_start = True
         self.head_start = {"init": "parent", "kept": len(self.labels) - len(new), "new": new}
         console.print(f"classification head starts from the parent's head: {self.head_start['kept']} of "
                       f"{len(self.labels)} labels" + (f"; new: {', '.join(new)}" if new else ""))

@@ -192,8 +192,8 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
             shards.load_trainable(accelerator.unwrap_model(model), weights)
             shards.load_optimizer(model, optimizer, optimizer_state)
         # rows logged after the restored step (or all of them: no checkpoint) are replayed; torn lines dropped
-        if ranks.main:
-            truncate_metrics(metrics_path, state.step)
+        if ranks.main:       # no checkpoint: a start validation (step 0) runs again, its old row goes too
+            truncate_metrics(metrics_path, state.step if state.step else -1)
     if planned is not None:          # restored with the scheduler: a resumed run keeps its plan
         total_steps = planned.total
     if anchor is not None:
@@ -220,6 +220,40 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
             if planned is not None and spent_s >= 1 and not resume:
                 bar.note(f"time budget: {spent_s:.0f}s of it went to preparing the model before training")
             call_t0, elapsed0 = time.perf_counter(), planned.elapsed_s if planned is not None else 0.0
+
+            def validate() -> tuple[dict, list[float] | None]:
+                """Validation loss (and the task metric) now; under a time budget, timed into the plan."""
+                tv = time.perf_counter()
+                with precision.autocast() if held.tensors else nullcontext():   # held weights need it
+                    ev = evaluate_loss(model, val_seqs, step_objective, batch_size=cfg.batch_size,
+                                       pad_id=pad_id, device=device)
+                    if ranks.distributed:     # one value for every rank's decisions (collectives follow)
+                        ev["val_loss"] = ddp.sum_across([ev["val_loss"]], ranks, device)[0] / ranks.world
+                    scores = task_score(model) if task_score is not None else None
+                    if scores:
+                        ev.update(task_metric=statistics.fmean(scores), task_metric_name=task_score.metric)
+                if planned is not None:
+                    planned.val_s = time.perf_counter() - tv
+                    planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
+                _write(metrics_file, {"type": "eval", "step": state.step, **ev})
+                scored = f"  {task_score.metric} {ev['task_metric']:.4g}" if task_score else ""
+                bar.note(f"step {state.step}: val_loss {ev['val_loss']:.4f}  ppl {ev['perplexity']:.2f}{scored}")
+                return ev, scores
+
+            def keep_if_best(ev: dict, scores: list[float] | None) -> bool:
+                if not _improves(state, ev["val_loss"], scores):
+                    return False
+                state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
+                state.best_scores = scores
+                best = shards.trainable_state(accelerator.unwrap_model(model))    # fsdp: every rank
+                if ranks.main:
+                    checkpoint.save_best(ckpt_root, best)
+                return True
+
+            if val_seqs and state.step == 0 and getattr(objective, "fitted_start", False):
+                # the start is already fitted to the task (e.g. a head from a linear probe): a candidate too, so
+                # training can only replace it with something better on validation
+                keep_if_best(*validate())
             while state.step < total_steps and not state.early_stopped:
                 t0 = time.perf_counter()
                 chunk = plan[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
@@ -285,32 +319,13 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
                 is_last = state.step == total_steps
                 every = (getattr(planned, "eval_every", None) if planned is not None else None) or cfg.eval_every
                 if val_seqs and (state.step % every == 0 or is_last):
-                    tv = time.perf_counter()
-                    with precision.autocast() if held.tensors else nullcontext():   # held weights need it
-                        ev = evaluate_loss(model, val_seqs, step_objective, batch_size=cfg.batch_size,
-                                           pad_id=pad_id, device=device)
-                        if ranks.distributed:     # one value for every rank's decisions (collectives follow)
-                            ev["val_loss"] = ddp.sum_across([ev["val_loss"]], ranks, device)[0] / ranks.world
-                        scores = task_score(model) if task_score is not None else None
-                        if scores:
-                            ev.update(task_metric=statistics.fmean(scores), task_metric_name=task_score.metric)
+                    ev, scores = validate()
                     if planned is not None:
-                        planned.val_s = time.perf_counter() - tv
-                        planned.elapsed_s = elapsed0 + time.perf_counter() - call_t0
                         total_steps = _budget_refine(planned, state, step_times, cfg, val_seqs, bar)
                         is_last = state.step == total_steps
-                    _write(metrics_file, {"type": "eval", "step": state.step, **ev})
-                    scored = f"  {task_score.metric} {ev['task_metric']:.4g}" if task_score else ""
-                    bar.note(f"step {state.step}: val_loss {ev['val_loss']:.4f}  ppl {ev['perplexity']:.2f}{scored}")
                     if on_eval:
                         on_eval(state.step, ev)
-                    if _improves(state, ev["val_loss"], scores):
-                        state.best_val, state.best_step, state.bad_evals = ev["val_loss"], state.step, 0
-                        state.best_scores = scores
-                        best = shards.trainable_state(accelerator.unwrap_model(model))    # fsdp: every rank
-                        if ranks.main:
-                            checkpoint.save_best(ckpt_root, best)
-                    else:
+                    if not keep_if_best(ev, scores):
                         state.bad_evals += 1
                         if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
                             state.early_stopped = True
