@@ -350,11 +350,27 @@ def _classification_recipe(**extra):
     return load_recipe({"task": "classification", "data": {"train": "x.jsonl"}, **extra})
 
 
-def test_the_default_objective_stays_sft_for_every_task():
-    """A label head is a choice (objective.name: classification, or what `advise` recommends), not the default:
-    on the demo's sentiment task LoRA SFT reached 85.1% and a head 78.5% (README)."""
+def test_a_classification_task_under_a_time_budget_trains_a_head_unless_text_answers_are_asked_for():
+    """Under train.time_budget a label task trains a head by default (it won by far on the bench's router and spam
+    tasks under a 5-minute budget); without a budget, and for every other task, sft stays the default (the whole
+    epoch of SFT beat the head on the demo's sentiment task)."""
+    budget = {"train": {"time_budget": "5m"}}
     assert _classification_recipe().objective.name == "sft"
-    assert _classification_recipe(objective={"name": "classification"}).objective.name == "classification"
+    assert _classification_recipe(**budget).objective.name == "classification"
+    assert load_recipe({"task": "sft", "data": {"train": "x.jsonl"}, **budget}).objective.name == "sft"
+    # what only a model answering in text gives, or what the head does not combine with: sft
+    for extra in [{"export": {"gguf": ["f16"]}}, {"export": {"merged": True}},
+                  {"forgetting": {"replay": 0.1}}, {"data": {"train": "x.jsonl", "packing": True}},
+                  {"model": {"from": "reviews@champion"}},
+                  {"data": {"train": "x.jsonl", "mix": [{"name": "b", "train": "y.jsonl"}]}}]:
+        assert _classification_recipe(**budget, **extra).objective.name == "sft", extra
+    # an objective the recipe names (or one with keys only sft has) is kept
+    assert _classification_recipe(**budget, objective={"name": "sft"}).objective.name == "sft"
+    assert _classification_recipe(**budget, objective={"neftune_alpha": 5}).objective.name == "sft"
+    assert _classification_recipe(**budget, export={"gguf": [], "merged": False}).objective.name == "classification"
+    # a run's saved recipe names its objective: reloading it keeps what was trained
+    dumped = _classification_recipe(**budget).model_dump(mode="json", by_alias=True)
+    assert load_recipe(dumped).objective.name == "classification"
 
 
 def _chat_rows(n: int, answer) -> list[dict]:

@@ -328,7 +328,11 @@ class Recipe(_Strict):
     method: MethodSection = Field(default_factory=METHOD_CONFIGS["lora"],
                                   description="Fine-tuning method: `name` and that method's keys.")
     objective: ObjectiveSection = Field(default_factory=OBJECTIVE_CONFIGS["sft"],
-                                        description="Training objective: `name` and that objective's keys.")
+                                        description="Training objective: `name` and that objective's keys. Not "
+                                                    "given: `classification` (a label head) for task: classification "
+                                                    "under train.time_budget unless a merged model, GGUF files, "
+                                                    "replay, packing, a mix or a continuation is asked for; `sft` "
+                                                    "otherwise.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -343,7 +347,12 @@ class Recipe(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _sections(cls, data: Any) -> Any:
-        """`method`/`objective` without `name` get the default one; dump leftovers are dropped."""
+        """`method`/`objective` without `name` get the default one; dump leftovers are dropped; a recipe without an
+        `objective` gets the one that claims it (``default_for``), else sft."""
+        if isinstance(data, dict) and "objective" not in data:
+            claims = [c for c in dict.fromkeys(OBJECTIVE_CONFIGS.values()) if c.default_for(data)]
+            if claims:
+                data = {**data, "objective": {"name": claims[0].names[0]}}
         if isinstance(data, dict) and any(isinstance(data.get(s), dict) for s in FAMILIES):
             data = {**data, **{s: normalize_section(s, data[s]) for s in FAMILIES if isinstance(data.get(s), dict)}}
         return data
