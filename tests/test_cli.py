@@ -37,6 +37,8 @@ def test_run_writes_a_complete_self_describing_run(finished_run):
                 "export/export.json"]:
         assert (run / rel).is_file(), rel
     assert list((run / "checkpoints").glob("step-*"))
+    info = json.loads((run / "train.json").read_text())
+    assert info["stage_s"] >= info["wall_s"] > 0        # the whole stage includes the optimizer steps' time
     summary = json.loads((run / "eval" / "summary.json").read_text())
     # the toy task is learnable: the tuned model's held-out loss is far below the base's
     assert summary["tuned"]["loss"]["val_loss"] < summary["base"]["loss"]["val_loss"] - 1.0
@@ -80,8 +82,10 @@ def test_stage_commands_and_resume(recipe_file, tmp_path, capsys):
     assert main(["train", run, "--resume"]) == 0
     assert os.path.exists(os.path.join(run, "model", "adapter_model.safetensors"))
     steps = [json.loads(x)["step"] for x in open(os.path.join(run, "metrics.jsonl")) if '"train"' in x]
-    planned = json.load(open(os.path.join(run, "train.json")))["steps"]
+    info = json.load(open(os.path.join(run, "train.json")))
+    planned = info["steps"]
     assert steps == list(range(1, planned + 1)) and planned > 5
+    assert info["stage_s"] > 0                      # this call's stage (the steps' wall_s counts both calls)
     assert main(["eval", run]) == 0 and main(["export", run]) == 0
     assert os.path.exists(os.path.join(run, "report.html"))
     before = tree_hash(run)

@@ -48,6 +48,9 @@ def test_collapsed_model_leads_the_report_and_is_never_recommended(tmp_path):
     table = decide.systems_table(results, r, LABELS, {"wall_s": 60}, train_references=_half(200))
     rows = {row["system"]: row for row in table["rows"]}
     assert rows["majority"]["metrics"]["accuracy"] == 0.5 and rows["majority"]["answer"] == "negative"
+    assert rows["tuned"]["training_s"] == 60 and rows["base"]["training_s"] == 0.0
+    staged = decide.systems_table(results, r, LABELS, {"wall_s": 60, "stage_s": 300}, train_references=_half(200))
+    assert [row["training_s"] for row in staged["rows"] if row["system"] == "tuned"] == [300]   # the whole stage
     assert rows["tuned"]["answers"] == {"negative": 0, "positive": 92, "unparsed": 0}
     assert rows["base"]["answers"]["unparsed"] == 92
     why = rows["tuned"]["collapsed"]
@@ -66,6 +69,9 @@ def test_collapsed_model_leads_the_report_and_is_never_recommended(tmp_path):
     assert flag < recommendation_h2 and "COLLAPSED MODEL" in page[flag:recommendation_h2]
     assert "#cf222e" in page[flag - 200:recommendation_h2]          # drawn in red
     assert "<tfoot>" in page and "majority class (always &#x27;negative&#x27;)" in page
+    # the paired differences under their own header (not a continued version's lineage header)
+    assert "| comparison | metric | difference | 95% CI |\n| --- | --- | --- | --- |\n| fine-tuned − " in text
+    assert "test suite" not in text and "<th>comparison</th>" in page and "test suite" not in page
 
 
 def test_one_answer_is_not_a_collapse_when_the_references_are_that_skewed():

@@ -161,7 +161,8 @@ def systems_table(results: dict[str, dict], recipe: Recipe, labels, training: di
         rows.append({
             "system": system, "label": SYSTEMS[system], "metrics": _subset_metrics(res, recipe, labels, n),
             "prompt_tokens": gen.get("prompt_tokens"), "latency_s": gen.get("per_example_s"),
-            "training_s": training.get("wall_s") if tuned else 0.0,
+            "training_s": (training.get("stage_s") or training.get("wall_s")) if tuned else 0.0,   # the whole
+            # stage (a head's probe, validations) where recorded, not only the optimizer steps
             "trainable_parameters": training.get("trainable_parameters") if tuned else 0,
         })
         safe = res.get("label_safe") or {}

@@ -267,7 +267,7 @@ def lineage_rows(results: dict, fmt: Callable) -> tuple[list[str], list[list[str
     return header, rows, deltas
 
 
-_DELTA_HEADER = ["test suite", "compared with", "change", "items", "flips"]
+_LINEAGE_DELTA_HEADER = ["test suite", "compared with", "change", "items", "flips"]
 
 
 def _lineage_intro(lin: dict) -> str:
@@ -283,7 +283,7 @@ def lineage_markdown(results: dict, fmt: Callable, md_table: Callable, image: st
     if not header:
         return []
     out = ["## Lineage: backward transfer", "", _lineage_intro(results["lineage"]), "",
-           md_table(header, rows), "", md_table(_DELTA_HEADER, deltas, numeric=False), ""]
+           md_table(header, rows), "", md_table(_LINEAGE_DELTA_HEADER, deltas, numeric=False), ""]
     if image:
         out += [f"![New-task gain vs old-task change]({image})", ""]
     return out
@@ -295,4 +295,4 @@ def lineage_html(results: dict, fmt: Callable, e: Callable, img: str) -> list[st
         return []
     intro = e(_lineage_intro(results["lineage"])).replace("**", "")
     return ["<h2>Lineage: backward transfer</h2>", f"<p>{intro}</p>", html_table(header, rows),
-            html_table(_DELTA_HEADER, deltas), img]
+            html_table(_LINEAGE_DELTA_HEADER, deltas), img]
