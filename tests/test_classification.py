@@ -367,6 +367,9 @@ def test_a_classification_task_under_a_time_budget_trains_a_head_unless_text_ans
     # an objective the recipe names (or one with keys only sft has) is kept
     assert _classification_recipe(**budget, objective={"name": "sft"}).objective.name == "sft"
     assert _classification_recipe(**budget, objective={"neftune_alpha": 5}).objective.name == "sft"
+    # keys only the head has (a section or an override without a name): the head, with them
+    probe = _classification_recipe(**budget, objective={"probe_examples": 256}).objective
+    assert (probe.name, probe.probe_examples) == ("classification", 256)
     assert _classification_recipe(**budget, export={"gguf": [], "merged": False}).objective.name == "classification"
     # a run's saved recipe names its objective: reloading it keeps what was trained
     dumped = _classification_recipe(**budget).model_dump(mode="json", by_alias=True)

@@ -151,3 +151,14 @@ def test_a_multi_process_run_says_how_the_processes_shared_the_work(tmp_path):
     md_path, html_path = write_reports(tmp_path, results)
     assert "| Processes | 2 (fsdp: weights sharded; gloo), largest peak 3,016 MB |" in md_path.read_text()
     assert "Processes" not in write_reports(tmp_path / "one", make_results())[0].read_text()
+
+
+@pytest.mark.parametrize("best_step,best_val_loss,kept", [
+    (0, None, "| Kept checkpoint | step 10, the last (no validation split) |"),
+    (0, 0.59, "| Kept checkpoint | step 0, the fitted start (no training step beat it on validation) |"),
+    (10, 0.59, "| Kept checkpoint | step 10 (lowest validation loss) |")])
+def test_the_kept_checkpoint_says_what_chose_it(tmp_path, best_step, best_val_loss, kept):
+    """A run without validation keeps its last step: it is not called a fitted start that beat training."""
+    results = make_results()
+    results["training"].update(best_step=best_step, best_val_loss=best_val_loss, selected_on="val_loss")
+    assert kept in write_reports(tmp_path, results)[0].read_text()

@@ -348,11 +348,14 @@ class Recipe(_Strict):
     @classmethod
     def _sections(cls, data: Any) -> Any:
         """`method`/`objective` without `name` get the default one; dump leftovers are dropped; a recipe without an
-        `objective` gets the one that claims it (``default_for``), else sft."""
-        if isinstance(data, dict) and "objective" not in data:
-            claims = [c for c in dict.fromkeys(OBJECTIVE_CONFIGS.values()) if c.default_for(data)]
+        `objective`, or with one that names none, gets the one that claims it (``default_for``) and has every key
+        given, else sft."""
+        given = data.get("objective", {}) if isinstance(data, dict) else None
+        if isinstance(given, dict) and "name" not in given:
+            claims = [c for c in dict.fromkeys(OBJECTIVE_CONFIGS.values())
+                      if c.default_for(data) and set(given) <= set(c.model_fields)]
             if claims:
-                data = {**data, "objective": {"name": claims[0].names[0]}}
+                data = {**data, "objective": {**given, "name": claims[0].names[0]}}
         if isinstance(data, dict) and any(isinstance(data.get(s), dict) for s in FAMILIES):
             data = {**data, **{s: normalize_section(s, data[s]) for s in FAMILIES if isinstance(data.get(s), dict)}}
         return data

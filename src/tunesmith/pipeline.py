@@ -188,7 +188,9 @@ def train(target: str | Path | Run | Recipe, overrides: list[str] | None = None,
             return run, result
         notes = hook(session.objective, "training_notes")
         info = {**result.__dict__, "trainable_parameters": trainable, "total_parameters": total,
-                "stage_s": round(time.perf_counter() - t_prep, 3),    # preparation, steps, validations, saves
+                # the stage's whole cost (preparation, steps, validations, saves); a resumed run knows its
+                # earlier calls' steps only, so at least every call's steps
+                "stage_s": round(max(time.perf_counter() - t_prep, result.wall_s), 3),
                 "token_stats": session.token_stats, "objective_notes": notes() if notes else None}
         atomic_write_json(run.train_json, info)
         if stop_after is not None and result.steps < (result.total_steps or planned_steps(session)):

@@ -142,6 +142,8 @@ def _kept(t: dict, num) -> str:
     on = t.get("selected_on")
     if not on or step == _DASH:
         return step
+    if not is_number(t.get("best_val_loss")):
+        return f"step {num(t.get('steps'))}, the last (no validation split)"
     if t.get("best_step") == 0:
         return "step 0, the fitted start (no training step beat it on validation)"
     if on == "val_loss":

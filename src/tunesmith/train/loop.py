@@ -253,7 +253,9 @@ def train(model, train_seqs: list, val_seqs: list, objective: Callable, cfg,
             if val_seqs and state.step == 0 and getattr(objective, "fitted_start", False):
                 # the start is already fitted to the task (e.g. a head from a linear probe): a candidate too, so
                 # training can only replace it with something better on validation
-                keep_if_best(*validate())
+                ev0, scores0 = validate()
+                keep_if_best(ev0, scores0)
+                state.top_scores = scores0 or state.top_scores    # the best-scoring validation so far
             while state.step < total_steps and not state.early_stopped:
                 t0 = time.perf_counter()
                 chunk = plan[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
