@@ -176,7 +176,10 @@ def run_facts(run: Path) -> dict:
     tcfg = recipe.get("train") or {}
     steps = train.get("steps") or 0
     seen = train.get("examples_seen") or steps * tcfg.get("batch_size", 8) * tcfg.get("grad_accum", 1)
-    return {"run": str(run), "steps": steps, "examples_seen": seen, "train_s": train.get("wall_s"),
+    return {"run": str(run), "steps": steps, "examples_seen": seen,
+            # the whole training stage (a head's probe, validations, saves), not only the optimizer steps
+            "train_s": train.get("stage_s") or train.get("wall_s"),
+            "objective": (recipe.get("objective") or {}).get("name"), "objective_notes": train.get("objective_notes"),
             "budget": {k: budget.get(k) for k in ("budget_s", "planned_steps", "actual_s")} if budget else None,
             "precision": (train.get("precision") or {}).get("used"),
             "general_ppl_change": forgetting.get("perplexity_change"),
@@ -291,6 +294,11 @@ def markdown(result: dict) -> str:
                          f"{row.get('examples_seen') or ''} | "
                          f"{'' if row.get('train_s') is None else round(row['train_s'])} | "
                          f"{'' if ppl is None else f'{100 * ppl:+.1f}%'} |")
+        for s, label in (("defaults", "tunesmith defaults"), ("advised", "tunesmith advised")):
+            f = t["facts"].get(s) or {}
+            notes = "; ".join(f"{k}: {v}" for k, v in (f.get("objective_notes") or {}).items())
+            if f.get("objective") and f["objective"] != "sft":
+                lines.append(f"\n{label}: objective {f['objective']}" + (f" ({notes})" if notes else ""))
         adv = (t["facts"].get("advised") or {})
         if adv.get("note"):
             lines.append(f"\nadvised: {adv['note']}")
